@@ -1,0 +1,299 @@
+// Row kernels of the continual ops. Included once per CPU capability by
+// continual_kernels_<capability>.cpp, which defines PFL_KERNEL_TABLE_FN; everything here lives
+// in a namespace named after CPU_CAPABILITY so the builds never collide.
+//
+// One thread owns a row and sweeps an opmath scratch copy of it that stays in L1/L2: build the
+// masked row v and its max, exponentiate and sum, then write the output. DRAM sees one read of
+// the logits and one write of the output.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/cpu/Loops.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "continual_kernels.h"
+
+namespace pyfastlab::continual::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Rows per parallel task: about 32 K elements, so small C does not drown in scheduling.
+inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
+
+template <typename T>
+inline T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// v_k = z_k (active) | m (const-masked) | z_k + d (detach-masked), in opmath.
+// Returns max_k v_k, NaN-propagating.
+template <typename scalar_t, typename opmath_t>
+inline opmath_t build_row(const scalar_t* z, const bool* arow, int64_t C, bool detach, opmath_t m,
+                          opmath_t d, opmath_t* v) {
+  if (arow == nullptr) {
+    for (int64_t k = 0; k < C; ++k) v[k] = static_cast<opmath_t>(z[k]);
+  } else if (detach) {
+    for (int64_t k = 0; k < C; ++k) {
+      const opmath_t x = static_cast<opmath_t>(z[k]);
+      v[k] = arow[k] ? x : x + d;
+    }
+  } else {
+    for (int64_t k = 0; k < C; ++k) v[k] = arow[k] ? static_cast<opmath_t>(z[k]) : m;
+  }
+  return at::vec::reduce_all<opmath_t>(
+      [](Vectorized<opmath_t>& a, Vectorized<opmath_t>& b) { return at::vec::maximum(a, b); }, v, C);
+}
+
+// sum_k exp(v_k - M) with a fixed lane order; with kStore, v_k is replaced by exp(v_k - M).
+template <typename opmath_t, bool kStore>
+inline opmath_t exp_sum(opmath_t* v, int64_t C, opmath_t M) {
+  using Vec = Vectorized<opmath_t>;
+  const Vec vM(M);
+  Vec acc(0);
+  int64_t k = 0;
+  for (; k + Vec::size() <= C; k += Vec::size()) {
+    const Vec e = (Vec::loadu(v + k) - vM).exp();
+    if constexpr (kStore) e.store(v + k);
+    acc = acc + e;
+  }
+  opmath_t tail = 0;
+  for (; k < C; ++k) {
+    const opmath_t e = std::exp(v[k] - M);
+    if constexpr (kStore) v[k] = e;
+    tail += e;
+  }
+  return at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc) + tail;
+}
+
+// Gradient multiplier of entry k: s_n if active, s_o if detach-masked, 0 if const-masked.
+template <typename opmath_t>
+struct EntryScale {
+  opmath_t active, masked;
+  inline opmath_t operator()(const bool* arow, int64_t k) const {
+    return (arow == nullptr || arow[k]) ? active : masked;
+  }
+};
+
+template <typename opmath_t>
+EntryScale<opmath_t> entry_scale(bool detach, double old_grad_scale, double new_grad_scale) {
+  return {static_cast<opmath_t>(new_grad_scale), detach ? static_cast<opmath_t>(old_grad_scale) : opmath_t(0)};
+}
+
+void cross_entropy(const CrossEntropyArgs& a) {
+  const int64_t N = a.logits.size(0), C = a.logits.size(1);
+  const bool want_grad = a.grad.defined() && a.grad.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "masked_cross_entropy_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* z_ptr = a.logits.const_data_ptr<scalar_t>();
+    const int64_t* y_ptr = a.target.const_data_ptr<int64_t>();
+    scalar_t* g_ptr = want_grad ? a.grad.data_ptr<scalar_t>() : nullptr;
+    const opmath_t* w_ptr = a.weight.defined() ? a.weight.const_data_ptr<opmath_t>() : nullptr;
+    opmath_t* loss_ptr = a.row_loss.data_ptr<opmath_t>();
+    opmath_t* out_ptr = a.row_out.data_ptr<opmath_t>();
+    bool* counted_ptr = a.counted.data_ptr<bool>();
+    const opmath_t m = static_cast<opmath_t>(a.mask_value), d = static_cast<opmath_t>(a.offset);
+    const auto scale = entry_scale<opmath_t>(a.detach, a.old_grad_scale, a.new_grad_scale);
+    const opmath_t mean_coef = static_cast<opmath_t>(a.mean_coef);
+    const MaskView mask = a.mask;
+
+    at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> scratch(C);
+      opmath_t* v = scratch.data();
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* g = want_grad ? g_ptr + i * C : nullptr;
+        const int64_t y = y_ptr[i];
+        const bool* arow = mask.row(mask.group_of(i));
+        const bool valid = y != a.ignore_index && (arow == nullptr || arow[y]);
+        const opmath_t M = valid ? build_row(z_ptr + i * C, arow, C, a.detach, m, d, v) : neg_inf<opmath_t>();
+        if (M == neg_inf<opmath_t>()) {  // not counted: zero loss, zero gradient
+          if (g != nullptr) std::fill(g, g + C, scalar_t(0));
+          continue;
+        }
+        const opmath_t zy = v[y];
+        const opmath_t S = exp_sum<opmath_t, true>(v, C, M);
+        const opmath_t l = M + std::log(S) - zy;
+        const opmath_t w = w_ptr ? w_ptr[i] : opmath_t(1);
+        counted_ptr[i] = true;
+        loss_ptr[i] = l;
+        out_ptr[i] = w * l;
+        if (g == nullptr) continue;
+        const opmath_t coef = w * mean_coef;
+        const opmath_t inv = coef / S;
+        if (arow == nullptr) {
+          const opmath_t c = inv * scale.active;
+          for (int64_t k = 0; k < C; ++k) g[k] = static_cast<scalar_t>(v[k] * c);
+        } else {
+          for (int64_t k = 0; k < C; ++k) g[k] = static_cast<scalar_t>(v[k] * inv * scale(arow, k));
+        }
+        // p_y - 1 in opmath before rounding: no cancellation in reduced precision.
+        g[y] = static_cast<scalar_t>((v[y] / S - opmath_t(1)) * coef * scale.active);
+      }
+    });
+  });
+}
+
+void scale_rows(at::Tensor& grad, const at::Tensor& counted, const at::Tensor& row_scale) {
+  const int64_t N = grad.size(0), C = grad.size(1);
+  const bool per_row = row_scale.numel() == N && N != 1;
+  const bool* counted_ptr = counted.const_data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "masked_ce_backward_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    scalar_t* g_ptr = grad.data_ptr<scalar_t>();
+    const opmath_t* s_ptr = row_scale.const_data_ptr<opmath_t>();
+    at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (!counted_ptr[i]) continue;  // select, not multiply: stays 0 even for a NaN upstream
+        const opmath_t s = s_ptr[per_row ? i : 0];
+        scalar_t* g = g_ptr + i * C;
+        for (int64_t k = 0; k < C; ++k) g[k] = static_cast<scalar_t>(static_cast<opmath_t>(g[k]) * s);
+      }
+    });
+  });
+}
+
+void softmax_forward(const SoftmaxArgs& a) {
+  const int64_t N = a.logits.size(0), C = a.logits.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "masked_softmax_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* z_ptr = a.logits.const_data_ptr<scalar_t>();
+    scalar_t* o_ptr = a.out.data_ptr<scalar_t>();
+    const opmath_t m = static_cast<opmath_t>(a.mask_value), d = static_cast<opmath_t>(a.offset);
+    const MaskView mask = a.mask;
+    at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> scratch(C);
+      opmath_t* v = scratch.data();
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* o = o_ptr + i * C;
+        const opmath_t M = build_row(z_ptr + i * C, mask.row(mask.group_of(i)), C, a.detach, m, d, v);
+        if (M == neg_inf<opmath_t>()) {  // every entry -inf: defined as all 0 (log: all -inf)
+          std::fill(o, o + C, a.log ? scalar_t(neg_inf<opmath_t>()) : scalar_t(0));
+          continue;
+        }
+        if (a.log) {
+          const opmath_t lse = M + std::log(exp_sum<opmath_t, false>(v, C, M));
+          for (int64_t k = 0; k < C; ++k) o[k] = static_cast<scalar_t>(v[k] - lse);
+        } else {
+          const opmath_t inv = opmath_t(1) / exp_sum<opmath_t, true>(v, C, M);
+          for (int64_t k = 0; k < C; ++k) o[k] = static_cast<scalar_t>(v[k] * inv);
+        }
+      }
+    });
+  });
+}
+
+void softmax_backward(const SoftmaxArgs& a) {
+  const int64_t N = a.out.size(0), C = a.out.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.out.scalar_type(), "masked_softmax_backward_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* y_ptr = a.out.const_data_ptr<scalar_t>();
+    const scalar_t* gb_ptr = a.grad_out.const_data_ptr<scalar_t>();
+    scalar_t* dz_ptr = a.dz.data_ptr<scalar_t>();
+    const auto scale = entry_scale<opmath_t>(a.detach, a.old_grad_scale, a.new_grad_scale);
+    const bool log = a.log;
+    const MaskView mask = a.mask;
+    at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> scratch(log ? C : 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* y = y_ptr + i * C;
+        const scalar_t* gb = gb_ptr + i * C;
+        scalar_t* dzi = dz_ptr + i * C;
+        const bool* arow = mask.row(mask.group_of(i));
+        // A dead row (every v = -inf) is all 0 (log: all -inf); its gradient is defined as 0.
+        opmath_t ymax = log ? neg_inf<opmath_t>() : opmath_t(0);
+        opmath_t dot = 0;  // softmax: sum_j gbar_j p_j; log: sum_j gbar_j
+        for (int64_t k = 0; k < C; ++k) {
+          const opmath_t yk = static_cast<opmath_t>(y[k]);
+          ymax = std::max(ymax, yk);
+          dot += static_cast<opmath_t>(gb[k]) * (log ? opmath_t(1) : yk);
+        }
+        if (log ? ymax == neg_inf<opmath_t>() : ymax == opmath_t(0)) {
+          std::fill(dzi, dzi + C, scalar_t(0));
+          continue;
+        }
+        if (log) {
+          opmath_t* p = scratch.data();
+          for (int64_t k = 0; k < C; ++k) p[k] = static_cast<opmath_t>(y[k]);
+          at::vec::map([](Vectorized<opmath_t> x) { return x.exp(); }, p, p, C);
+          for (int64_t k = 0; k < C; ++k)
+            dzi[k] = static_cast<scalar_t>(scale(arow, k) * (static_cast<opmath_t>(gb[k]) - p[k] * dot));
+        } else {
+          for (int64_t k = 0; k < C; ++k) {
+            const opmath_t yk = static_cast<opmath_t>(y[k]);
+            dzi[k] = static_cast<scalar_t>(scale(arow, k) * (yk * (static_cast<opmath_t>(gb[k]) - dot)));
+          }
+        }
+      }
+    });
+  });
+}
+
+// NaN-propagating max / min, the order of torch.maximum / torch.minimum.
+template <typename T>
+inline T nan_max(T a, T b) { return (std::isnan(a) || std::isnan(b)) ? a + b : (a > b ? a : b); }
+template <typename T>
+inline T nan_min(T a, T b) { return (std::isnan(a) || std::isnan(b)) ? a + b : (a < b ? a : b); }
+
+// t = x + a * sign(g); u = min(max(t, x0 - eps), x0 + eps); clamp(u, lo, hi): the eager chain.
+template <typename opmath_t>
+inline opmath_t pgd_scalar(opmath_t x, opmath_t g, opmath_t x0, opmath_t a, opmath_t e, opmath_t l, opmath_t h) {
+  const opmath_t s = std::isnan(g) ? g : opmath_t((g > 0) - (g < 0));
+  const opmath_t u = nan_min(nan_max(x + a * s, x0 - e), x0 + e);
+  return std::isnan(u) ? u : std::min(std::max(u, l), h);
+}
+
+template <typename scalar_t>
+void pgd_step_typed(at::TensorIteratorBase& iter, double eps, double step_size, double lo, double hi) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  // Scalars rounded to opmath first, as the eager chain does with Python scalars.
+  const opmath_t a = static_cast<opmath_t>(step_size), e = static_cast<opmath_t>(eps);
+  const opmath_t l = static_cast<opmath_t>(lo), h = static_cast<opmath_t>(hi);
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    using Vec = Vectorized<scalar_t>;
+    at::native::cpu_kernel_vec(
+        iter, [=](scalar_t x, scalar_t g, scalar_t x0) -> scalar_t { return pgd_scalar<opmath_t>(x, g, x0, a, e, l, h); },
+        [=](Vec x, Vec g, Vec x0) -> Vec {
+          const Vec zero(0), one(1);
+          Vec s = (Vec(g > zero) & one) - (Vec(g < zero) & one);
+          s = Vec::blendv(s, g, g.isnan());
+          const Vec u = at::vec::minimum(at::vec::maximum(x + Vec(a) * s, x0 - Vec(e)), x0 + Vec(e));
+          return at::vec::clamp(u, Vec(l), Vec(h));
+        });
+  } else {  // half types: opmath throughout, one rounding
+    at::native::cpu_kernel(iter, [=](scalar_t x, scalar_t g, scalar_t x0) -> scalar_t {
+      return static_cast<scalar_t>(pgd_scalar<opmath_t>(x, g, x0, a, e, l, h));
+    });
+  }
+}
+
+void pgd_step(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean, double eps, double step_size,
+              double lo, double hi) {
+  auto iter = at::TensorIteratorConfig()
+                  .add_output(x_adv)
+                  .add_const_input(x_adv)
+                  .add_const_input(grad)
+                  .add_const_input(x_clean)
+                  .build();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_linf_step_cpu",
+                                  [&] { pgd_step_typed<scalar_t>(iter, eps, step_size, lo, hi); });
+}
+
+#define PFL_STRINGIFY2(x) #x
+#define PFL_STRINGIFY(x) PFL_STRINGIFY2(x)
+constexpr KernelTable kTable{&cross_entropy, &scale_rows, &softmax_forward, &softmax_backward, &pgd_step,
+                             PFL_STRINGIFY(CPU_CAPABILITY)};
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+const KernelTable* PFL_KERNEL_TABLE_FN() { return &CPU_CAPABILITY::kTable; }
+
+}  // namespace pyfastlab::continual::cpu

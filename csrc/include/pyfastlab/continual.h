@@ -1,0 +1,88 @@
+#pragma once
+// Shared pieces of the continual-learning ops: argument checks and the resolved-mask view.
+// Used by the CPU and the CUDA kernels alike, so both see the same contract.
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace pyfastlab::continual {
+
+enum Mode : int64_t { kConst = 0, kDetach = 1 };
+enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
+
+// The mask row a kernel reads for row i: active[row_group[i]] (-1: all active), or without
+// row_group row i (G == N) or row 0 (G == 1). nullptr means "all classes active".
+struct MaskView {
+  const bool* active = nullptr;     // [G, C] contiguous, or nullptr
+  const int64_t* row_group = nullptr;  // [N] or nullptr
+  int64_t groups = 0;
+  int64_t classes = 0;
+
+  // Group index of row i; -1 = all active. Out-of-range values are reported by group_ok.
+  inline int64_t group_of(int64_t i) const {
+    if (active == nullptr) return -1;
+    if (row_group != nullptr) return row_group[i];
+    return groups == 1 ? 0 : i;
+  }
+  inline bool group_ok(int64_t g) const { return g >= -1 && g < groups; }
+  inline const bool* row(int64_t g) const { return g < 0 ? nullptr : active + g * classes; }
+};
+
+inline void check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, op, ": logits must be 2-D [N, C], got ", logits.dim(), "-D");
+  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), op,
+                    ": logits must be a floating tensor, got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) > 0, op, ": logits must have at least one class (C = 0)");
+}
+
+// Checks active / row_group against logits [N, C] and returns their contiguous forms.
+inline void check_mask(const at::Tensor& logits, const c10::optional<at::Tensor>& active,
+                       const c10::optional<at::Tensor>& row_group, const char* op) {
+  const int64_t N = logits.size(0), C = logits.size(1);
+  if (!active.has_value()) {
+    TORCH_CHECK_VALUE(!row_group.has_value(), op, ": row_group requires active");
+    return;
+  }
+  const auto& a = *active;
+  TORCH_CHECK_VALUE(a.scalar_type() == at::kBool, op, ": active must be bool, got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(1) == C, op, ": active must be [G, C=", C, "], got ",
+                    a.sizes());
+  TORCH_CHECK_VALUE(a.device() == logits.device(), op, ": active is on ", a.device(),
+                    " but logits are on ", logits.device());
+  if (row_group.has_value()) {
+    const auto& g = *row_group;
+    TORCH_CHECK_VALUE(g.scalar_type() == at::kLong, op, ": row_group must be int64 here, got ",
+                      g.scalar_type());
+    TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == N, op, ": row_group must be [N=", N, "], got ",
+                      g.sizes());
+    TORCH_CHECK_VALUE(g.device() == logits.device(), op, ": row_group is on ", g.device(),
+                      " but logits are on ", logits.device());
+  } else {
+    TORCH_CHECK_VALUE(a.size(0) == 1 || a.size(0) == N, op, ": active has ", a.size(0),
+                      " rows for N=", N, " logits rows: pass row_group");
+  }
+}
+
+inline MaskView mask_view(const c10::optional<at::Tensor>& active,
+                          const c10::optional<at::Tensor>& row_group) {
+  MaskView view;
+  if (active.has_value()) {
+    view.active = active->data_ptr<bool>();
+    view.groups = active->size(0);
+    view.classes = active->size(1);
+    if (row_group.has_value()) view.row_group = row_group->data_ptr<int64_t>();
+  }
+  return view;
+}
+
+inline void check_scalars(double mask_value, double offset, int64_t mode, const char* op) {
+  TORCH_CHECK_VALUE(mode == kConst || mode == kDetach, op, ": mode must be 0 (const) or 1 (detach)");
+  TORCH_CHECK_VALUE(!std::isnan(mask_value) && mask_value != INFINITY, op,
+                    ": mask_value must be finite or -inf, got ", mask_value);
+  TORCH_CHECK_VALUE(std::isfinite(offset), op, ": offset must be finite, got ", offset);
+}
+
+}  // namespace pyfastlab::continual

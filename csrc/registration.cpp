@@ -1,0 +1,59 @@
+// Every op schema of torch.ops.pyfastlab, in one place. Backends register their kernels in
+// csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu; Python adds fake kernels and autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/continual_kernels.h"
+#include "pyfastlab/build_info.h"
+
+TORCH_LIBRARY(pyfastlab, m) {
+  // ---- continual: general masked softmax with stop-gradient -------------------------------
+  // Resolved mask: `active` is [G, C] bool (or absent = all active); row i reads
+  // active[row_group[i]] (-1 = all active) or, without row_group, row i (G == N) or row 0 (G == 1).
+  // mode: 0 = const (masked entries = mask_value, no gradient), 1 = detach (sg(z) + offset).
+  // reduction: 0 = none, 1 = sum, 2 = mean.
+  // Outputs: loss (reduced, logits dtype), row_loss (opmath [N], unweighted, 0 if not counted),
+  // grad ([N, C] gradient for upstream 1, or [0] when compute_grad is false), counted (bool [N]),
+  // counts (int64 [3]: rows with a valid active target, counted rows, rows with a bad index).
+  m.def(
+      "masked_cross_entropy(Tensor logits, Tensor target, Tensor? active, Tensor? row_group, "
+      "Tensor? weight, int mode, float mask_value, float offset, float old_grad_scale, "
+      "float new_grad_scale, int ignore_index, int reduction, bool compute_grad) -> "
+      "(Tensor loss, Tensor row_loss, Tensor grad, Tensor counted, Tensor counts)");
+  // Scales the saved gradient buffer in place by the upstream gradient (rows not counted stay 0).
+  m.def(
+      "masked_cross_entropy_backward_(Tensor grad_loss, Tensor(a!) grad, Tensor counted, "
+      "Tensor counts, int reduction) -> ()");
+  // masked_softmax takes the gradient scales only so that its autograd formula can see them.
+  m.def(
+      "masked_softmax(Tensor logits, Tensor? active, Tensor? row_group, int mode, "
+      "float mask_value, float offset, float old_grad_scale, float new_grad_scale, bool log) -> Tensor");
+  m.def(
+      "masked_softmax_backward(Tensor grad_out, Tensor out, Tensor? active, Tensor? row_group, "
+      "int mode, float old_grad_scale, float new_grad_scale, bool log) -> Tensor");
+  m.def(
+      "pgd_linf_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_clean, float eps, float step_size, "
+      "float lo, float hi) -> ()");
+}
+
+namespace {
+// Which build of the CPU row kernels this machine runs (DEFAULT or AVX2).
+PyObject* cpu_kernel_capability(PyObject*, PyObject*) {
+  return PyUnicode_FromString(pyfastlab::continual::cpu::kernels().name);
+}
+PyMethodDef kMethods[] = {
+    {"cpu_kernel_capability", cpu_kernel_capability, METH_NOARGS, "CPU row-kernel build in use"},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
+// Module init: importing pyfastlab._C runs the static registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "pyfastlab compiled ops", -1, kMethods};
+  PyObject* mod = PyModule_Create(&def);
+  if (mod == nullptr) return nullptr;
+  PyModule_AddStringConstant(mod, "torch_build_version", PFL_TORCH_BUILD_VERSION);
+  PyModule_AddIntConstant(mod, "with_cuda", pyfastlab::kWithCuda ? 1 : 0);
+  PyModule_AddStringConstant(mod, "cuda_archs", pyfastlab::kCudaArchs);
+  PyModule_AddStringConstant(mod, "cuda_version", pyfastlab::kCudaVersion);
+  return mod;
+}

@@ -1,0 +1,1 @@
+"""Triton kernels of pyfastlab (importing a submodule imports triton)."""

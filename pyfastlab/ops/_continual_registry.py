@@ -1,0 +1,178 @@
+"""Registrations behind the continual ops: the Triton custom ops, fake kernels for
+torch.compile and the autograd formulas, for the compiled (CPU/CUDA) and the Triton ops alike.
+
+Each forward op returns the gradient for an upstream gradient of 1 alongside the loss; the
+backward op only rescales that buffer in place (a no-op for a plain `loss.backward()`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._loader import has_compiled_ops
+
+_REDUCTION_NONE, _REDUCTION_SUM, _REDUCTION_MEAN = 0, 1, 2
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---- Triton custom ops (kernels imported on first call: importing triton is slow) -----------
+
+def _triton_kernels():
+    from pyfastlab.kernels import continual
+
+    return continual
+
+
+@torch.library.custom_op("pyfastlab::masked_cross_entropy_triton", mutates_args=())
+def masked_cross_entropy_triton(
+    logits: Tensor, target: Tensor, active: Optional[Tensor], row_group: Optional[Tensor], weight: Optional[Tensor],
+    mode: int, mask_value: float, offset: float, old_grad_scale: float, new_grad_scale: float, ignore_index: int,
+    reduction: int, compute_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _triton_kernels().masked_cross_entropy(
+        logits, target, active, row_group, weight, mode, mask_value, offset, old_grad_scale, new_grad_scale,
+        ignore_index, reduction, compute_grad)
+
+
+@torch.library.custom_op("pyfastlab::masked_cross_entropy_backward_triton_", mutates_args=("grad",))
+def masked_cross_entropy_backward_triton_(grad_loss: Tensor, grad: Tensor, counted: Tensor, counts: Tensor,
+                                          reduction: int) -> None:
+    _triton_kernels().masked_cross_entropy_backward_(grad_loss, grad, counted, counts, reduction)
+
+
+@torch.library.custom_op("pyfastlab::masked_softmax_triton", mutates_args=())
+def masked_softmax_triton(logits: Tensor, active: Optional[Tensor], row_group: Optional[Tensor], mode: int,
+                          mask_value: float, offset: float, old_grad_scale: float, new_grad_scale: float,
+                          log: bool) -> Tensor:
+    return _triton_kernels().masked_softmax(logits, active, row_group, mode, mask_value, offset, log)
+
+
+@torch.library.custom_op("pyfastlab::masked_softmax_backward_triton", mutates_args=())
+def masked_softmax_backward_triton(grad_out: Tensor, out: Tensor, active: Optional[Tensor],
+                                   row_group: Optional[Tensor], mode: int, old_grad_scale: float,
+                                   new_grad_scale: float, log: bool) -> Tensor:
+    return _triton_kernels().masked_softmax_backward(grad_out, out, active, row_group, mode, old_grad_scale,
+                                                     new_grad_scale, log)
+
+
+@torch.library.custom_op("pyfastlab::pgd_linf_step_triton_", mutates_args=("x_adv",))
+def pgd_linf_step_triton_(x_adv: Tensor, grad: Tensor, x_clean: Tensor, eps: float, step_size: float, lo: float,
+                          hi: float) -> None:
+    _triton_kernels().pgd_linf_step_(x_adv, grad, x_clean, eps, step_size, lo, hi)
+
+
+# ---- fake kernels --------------------------------------------------------------------------------
+
+def _ce_fake(logits, target, active, row_group, weight, mode, mask_value, offset, old_grad_scale,
+             new_grad_scale, ignore_index, reduction, compute_grad):
+    n_rows = logits.shape[0]
+    loss = logits.new_empty((n_rows,) if reduction == _REDUCTION_NONE else ())
+    row_loss = logits.new_empty((n_rows,), dtype=_opmath(logits.dtype))
+    grad = logits.new_empty(logits.shape if compute_grad else (0,))
+    counted = logits.new_empty((n_rows,), dtype=torch.bool)
+    counts = logits.new_empty((3,), dtype=torch.int64)
+    return loss, row_loss, grad, counted, counts
+
+
+def _ce_backward_fake(grad_loss, grad, counted, counts, reduction):
+    return None
+
+
+def _softmax_fake(logits, active, row_group, mode, mask_value, offset, old_grad_scale, new_grad_scale, log):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _softmax_backward_fake(grad_out, out, active, row_group, mode, old_grad_scale, new_grad_scale, log):
+    return torch.empty_like(out, memory_format=torch.contiguous_format)
+
+
+def _pgd_fake(x_adv, grad, x_clean, eps, step_size, lo, hi):
+    return None
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+
+def _ce_setup_context(ctx, inputs, output):
+    weight, reduction = inputs[4], inputs[11]
+    _, row_loss, grad, counted, counts = output
+    ctx.reduction = reduction
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+    ctx.save_for_backward(grad, row_loss, counted, counts)
+
+
+def _make_ce_backward(scale_op):
+    def backward(ctx, grad_loss, *unused):
+        grad, row_loss, counted, counts = ctx.saved_tensors
+        grad_logits = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            scale_op(grad_loss, grad, counted, counts, ctx.reduction)
+            grad_logits = grad
+        if ctx.needs_input_grad[4]:  # dL/dw_i = c_i * r_i * l_i
+            upstream = grad_loss.to(row_loss.dtype)
+            if ctx.reduction == _REDUCTION_MEAN:
+                upstream = upstream / counts[1].clamp(min=1)
+            grad_weight = torch.where(counted, upstream * row_loss, torch.zeros_like(row_loss)).to(ctx.weight_dtype)
+        return (grad_logits, None, None, None, grad_weight) + (None,) * 8
+
+    return backward
+
+
+def _softmax_setup_context(ctx, inputs, output):
+    _, active, row_group, mode, _, _, old_grad_scale, new_grad_scale, log = inputs
+    ctx.mode, ctx.old_grad_scale, ctx.new_grad_scale, ctx.log = mode, old_grad_scale, new_grad_scale, log
+    ctx.save_for_backward(output, active, row_group)
+
+
+def _make_softmax_backward(backward_op):
+    def backward(ctx, grad_out):
+        out, active, row_group = ctx.saved_tensors
+        dz = backward_op(grad_out, out, active, row_group, ctx.mode, ctx.old_grad_scale, ctx.new_grad_scale, ctx.log)
+        return (dz,) + (None,) * 8
+
+    return backward
+
+
+def _register(fwd, bwd_scale, softmax, softmax_backward, pgd):
+    torch.library.register_fake(fwd)(_ce_fake)
+    torch.library.register_fake(bwd_scale)(_ce_backward_fake)
+    torch.library.register_fake(softmax)(_softmax_fake)
+    torch.library.register_fake(softmax_backward)(_softmax_backward_fake)
+    torch.library.register_fake(pgd)(_pgd_fake)
+    torch.library.register_autograd(fwd, _make_ce_backward(_op(bwd_scale)), setup_context=_ce_setup_context)
+    torch.library.register_autograd(softmax, _make_softmax_backward(_op(softmax_backward)),
+                                    setup_context=_softmax_setup_context)
+
+
+def _op(qualname: str):
+    namespace, name = qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name)
+
+
+_register("pyfastlab::masked_cross_entropy_triton", "pyfastlab::masked_cross_entropy_backward_triton_",
+          "pyfastlab::masked_softmax_triton", "pyfastlab::masked_softmax_backward_triton",
+          "pyfastlab::pgd_linf_step_triton_")
+if has_compiled_ops():  # fake kernels for ops that never loaded would crash the import
+    _register("pyfastlab::masked_cross_entropy", "pyfastlab::masked_cross_entropy_backward_",
+              "pyfastlab::masked_softmax", "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
+
+COMPILED = {
+    "masked_cross_entropy": "masked_cross_entropy",
+    "masked_softmax": "masked_softmax",
+    "pgd_linf_step_": "pgd_linf_step_",
+}
+TRITON = {
+    "masked_cross_entropy": "masked_cross_entropy_triton",
+    "masked_softmax": "masked_softmax_triton",
+    "pgd_linf_step_": "pgd_linf_step_triton_",
+}
+
+
+def op_for(name: str, backend: str):
+    """The torch.ops entry of op `name` for a compiled ("cpu"/"cuda") or "triton" backend."""
+    table = TRITON if backend == "triton" else COMPILED
+    return getattr(torch.ops.pyfastlab, table[name])

@@ -1,0 +1,4 @@
+"""Readable pure-PyTorch references: the oracles of the tests and the baselines of the benchmarks."""
+from . import continual
+
+__all__ = ["continual"]
