@@ -1,6 +1,7 @@
 // Every op schema of torch.ops.pyfastlab, in one place. Backends register their kernels in
 // csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu; Python adds fake kernels and autograd.
 #include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "cpu/continual_kernels.h"
@@ -20,10 +21,14 @@ TORCH_LIBRARY(pyfastlab, m) {
       "Tensor? weight, int mode, float mask_value, float offset, float old_grad_scale, "
       "float new_grad_scale, int ignore_index, int reduction, bool compute_grad) -> "
       "(Tensor loss, Tensor row_loss, Tensor grad, Tensor counted, Tensor counts)");
-  // Scales the saved gradient buffer in place by the upstream gradient (rows not counted stay 0).
+  // Scales the saved gradient buffer by the upstream gradient (rows not counted stay 0): in place
+  // (eager CUDA: fwd + bwd touch N*C once each), or into a new tensor (CPU, torch.compile).
   m.def(
       "masked_cross_entropy_backward_(Tensor grad_loss, Tensor(a!) grad, Tensor counted, "
       "Tensor counts, int reduction) -> ()");
+  m.def(
+      "masked_cross_entropy_backward(Tensor grad_loss, Tensor grad, Tensor counted, "
+      "Tensor counts, int reduction) -> Tensor");
   // masked_softmax takes the gradient scales only so that its autograd formula can see them.
   m.def(
       "masked_softmax(Tensor logits, Tensor? active, Tensor? row_group, int mode, "
@@ -37,6 +42,20 @@ TORCH_LIBRARY(pyfastlab, m) {
 }
 
 namespace {
+
+// The out-of-place backward, for every backend: a copy rescaled by the in-place op.
+at::Tensor masked_cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& grad,
+                                         const at::Tensor& counted, const at::Tensor& counts,
+                                         int64_t reduction) {
+  at::Tensor out = grad.clone(at::MemoryFormat::Contiguous);
+  static auto inplace = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("pyfastlab::masked_cross_entropy_backward_", "")
+                            .typed<void(const at::Tensor&, at::Tensor&, const at::Tensor&,
+                                        const at::Tensor&, int64_t)>();
+  inplace.call(grad_loss, out, counted, counts, reduction);
+  return out;
+}
+
 // Which build of the CPU row kernels this machine runs (DEFAULT or AVX2).
 PyObject* cpu_kernel_capability(PyObject*, PyObject*) {
   return PyUnicode_FromString(pyfastlab::continual::cpu::kernels().name);
@@ -45,6 +64,10 @@ PyMethodDef kMethods[] = {
     {"cpu_kernel_capability", cpu_kernel_capability, METH_NOARGS, "CPU row-kernel build in use"},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
+
+TORCH_LIBRARY_IMPL(pyfastlab, CompositeExplicitAutograd, m) {
+  m.impl("masked_cross_entropy_backward", &masked_cross_entropy_backward);
+}
 
 // Module init: importing pyfastlab._C runs the static registrations above.
 extern "C" PyObject* PyInit__C(void) {

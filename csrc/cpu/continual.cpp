@@ -122,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   return {loss, args.row_loss, args.grad, args.counted, counts};
 }
 
-void masked_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grad, const at::Tensor& counted,
+void masked_cross_entropy_backward_cpu(const at::Tensor& grad_loss, at::Tensor& grad, const at::Tensor& counted,
                                        const at::Tensor& counts, int64_t reduction) {
   constexpr const char* op = "masked_cross_entropy_backward_";
   if (grad.numel() == 0) return;
@@ -140,8 +140,7 @@ void masked_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Te
     if (s == 1.0) return;  // plain loss.backward(): the buffer already holds the gradient
     row_scale = at::full({1}, s, grad.options().dtype(opmath_dtype));
   }
-  at::Tensor g = grad;
-  kernels().scale_rows(g, counted.contiguous(), row_scale);
+  kernels().scale_rows(grad, counted.contiguous(), row_scale);
 }
 
 at::Tensor masked_softmax_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& active,

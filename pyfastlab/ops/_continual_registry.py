@@ -2,7 +2,10 @@
 torch.compile and the autograd formulas, for the compiled (CPU/CUDA) and the Triton ops alike.
 
 Each forward op returns the gradient for an upstream gradient of 1 alongside the loss; the
-backward op only rescales that buffer in place (a no-op for a plain `loss.backward()`).
+backward only rescales that buffer. A plain `loss.backward()` needs no rescale: on CPU the
+buffer is returned as it is, and eager CUDA rescales in place on device (no host sync), so the
+forward and backward together read and write N*C once. The in-place path bumps the buffer's
+version: a second backward through the same graph is refused, never silently wrong.
 """
 from __future__ import annotations
 
@@ -45,6 +48,14 @@ def masked_cross_entropy_backward_triton_(grad_loss: Tensor, grad: Tensor, count
     _triton_kernels().masked_cross_entropy_backward_(grad_loss, grad, counted, counts, reduction)
 
 
+@torch.library.custom_op("pyfastlab::masked_cross_entropy_backward_triton", mutates_args=())
+def masked_cross_entropy_backward_triton(grad_loss: Tensor, grad: Tensor, counted: Tensor, counts: Tensor,
+                                         reduction: int) -> Tensor:
+    out = grad.clone(memory_format=torch.contiguous_format)
+    _triton_kernels().masked_cross_entropy_backward_(grad_loss, out, counted, counts, reduction)
+    return out
+
+
 @torch.library.custom_op("pyfastlab::masked_softmax_triton", mutates_args=())
 def masked_softmax_triton(logits: Tensor, active: Optional[Tensor], row_group: Optional[Tensor], mode: int,
                           mask_value: float, offset: float, old_grad_scale: float, new_grad_scale: float,
@@ -79,8 +90,12 @@ def _ce_fake(logits, target, active, row_group, weight, mode, mask_value, offset
     return loss, row_loss, grad, counted, counts
 
 
-def _ce_backward_fake(grad_loss, grad, counted, counts, reduction):
+def _ce_backward_fake_(grad_loss, grad, counted, counts, reduction):
     return None
+
+
+def _ce_backward_fake(grad_loss, grad, counted, counts, reduction):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
 def _softmax_fake(logits, active, row_group, mode, mask_value, offset, old_grad_scale, new_grad_scale, log):
@@ -105,13 +120,42 @@ def _ce_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad, row_loss, counted, counts)
 
 
-def _make_ce_backward(scale_op):
+def _upstream_scale(grad_loss: Tensor, counts: Tensor, reduction: int) -> float:
+    """Host value of the buffer's multiplier (CPU tensors only: reading it costs nothing)."""
+    scale = float(grad_loss)
+    if reduction == _REDUCTION_MEAN:
+        n_pre, n = int(counts[0]), int(counts[1])
+        scale *= max(n_pre, 1) / max(n, 1)
+    return scale
+
+
+def _traced(t: Tensor) -> bool:
+    """True under torch.compile / make_fx, where values cannot be read on the host."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    modes = torch._C._TorchDispatchModeKey
+    return (torch.compiler.is_compiling() or isinstance(t, (FakeTensor, FunctionalTensor))
+            or torch._C._get_dispatch_mode(modes.PROXY) is not None
+            or torch._C._get_dispatch_mode(modes.FAKE) is not None)
+
+
+def _make_ce_backward(scale_inplace, scale_functional):
     def backward(ctx, grad_loss, *unused):
         grad, row_loss, counted, counts = ctx.saved_tensors
         grad_logits = grad_weight = None
         if ctx.needs_input_grad[0]:
-            scale_op(grad_loss, grad, counted, counts, ctx.reduction)
-            grad_logits = grad
+            if _traced(grad):
+                grad_logits = scale_functional(grad_loss, grad, counted, counts, ctx.reduction)
+            elif grad.device.type == "cpu":
+                if ctx.reduction != _REDUCTION_NONE and _upstream_scale(grad_loss, counts, ctx.reduction) == 1.0:
+                    grad_logits = grad
+                else:
+                    grad_logits = scale_functional(grad_loss, grad, counted, counts, ctx.reduction)
+            else:
+                scale_inplace(grad_loss, grad, counted, counts, ctx.reduction)
+                torch.autograd.graph.increment_version(grad)
+                grad_logits = grad
         if ctx.needs_input_grad[4]:  # dL/dw_i = c_i * r_i * l_i
             upstream = grad_loss.to(row_loss.dtype)
             if ctx.reduction == _REDUCTION_MEAN:
@@ -137,13 +181,15 @@ def _make_softmax_backward(backward_op):
     return backward
 
 
-def _register(fwd, bwd_scale, softmax, softmax_backward, pgd):
+def _register(fwd, bwd_scale_, bwd_scale, softmax, softmax_backward, pgd):
     torch.library.register_fake(fwd)(_ce_fake)
+    torch.library.register_fake(bwd_scale_)(_ce_backward_fake_)
     torch.library.register_fake(bwd_scale)(_ce_backward_fake)
     torch.library.register_fake(softmax)(_softmax_fake)
     torch.library.register_fake(softmax_backward)(_softmax_backward_fake)
     torch.library.register_fake(pgd)(_pgd_fake)
-    torch.library.register_autograd(fwd, _make_ce_backward(_op(bwd_scale)), setup_context=_ce_setup_context)
+    torch.library.register_autograd(fwd, _make_ce_backward(_op(bwd_scale_), _op(bwd_scale)),
+                                    setup_context=_ce_setup_context)
     torch.library.register_autograd(softmax, _make_softmax_backward(_op(softmax_backward)),
                                     setup_context=_softmax_setup_context)
 
@@ -154,11 +200,11 @@ def _op(qualname: str):
 
 
 _register("pyfastlab::masked_cross_entropy_triton", "pyfastlab::masked_cross_entropy_backward_triton_",
-          "pyfastlab::masked_softmax_triton", "pyfastlab::masked_softmax_backward_triton",
+          "pyfastlab::masked_cross_entropy_backward_triton", "pyfastlab::masked_softmax_triton", "pyfastlab::masked_softmax_backward_triton",
           "pyfastlab::pgd_linf_step_triton_")
 if has_compiled_ops():  # fake kernels for ops that never loaded would crash the import
     _register("pyfastlab::masked_cross_entropy", "pyfastlab::masked_cross_entropy_backward_",
-              "pyfastlab::masked_softmax", "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
+              "pyfastlab::masked_cross_entropy_backward", "pyfastlab::masked_softmax", "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
 
 COMPILED = {
     "masked_cross_entropy": "masked_cross_entropy",

@@ -132,7 +132,7 @@ def pgd_linf_step_(x_adv, grad, x_clean, *, eps, step_size, lo=0.0, hi=1.0, back
         check_tensor(name, t, dtypes=(x_adv.dtype,), device=x_adv.device)
         if t.shape != x_adv.shape:
             raise ValueError(f"{name} must have the shape of x_adv {tuple(x_adv.shape)}, got {tuple(t.shape)}")
-        if _shares_memory(x_adv, t):
+        if not torch.compiler.is_compiling() and _shares_memory(x_adv, t):
             raise ValueError(f"x_adv must not share memory with {name} (it is written in place)")
     if x_adv.requires_grad:
         raise ValueError("x_adv must not require grad: pgd_linf_step_ writes it in place and is not differentiable")

@@ -2,6 +2,7 @@
 // Shared pieces of the continual-learning ops: argument checks and the resolved-mask view.
 // Used by the CPU and the CUDA kernels alike, so both see the same contract.
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -15,6 +16,7 @@ enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
 
 // The mask row a kernel reads for row i: active[row_group[i]] (-1: all active), or without
 // row_group row i (G == N) or row 0 (G == 1). nullptr means "all classes active".
+// Plain pointers, copied by value into CUDA kernels (device pointers there).
 struct MaskView {
   const bool* active = nullptr;     // [G, C] contiguous, or nullptr
   const int64_t* row_group = nullptr;  // [N] or nullptr
@@ -22,13 +24,13 @@ struct MaskView {
   int64_t classes = 0;
 
   // Group index of row i; -1 = all active. Out-of-range values are reported by group_ok.
-  inline int64_t group_of(int64_t i) const {
+  C10_HOST_DEVICE inline int64_t group_of(int64_t i) const {
     if (active == nullptr) return -1;
     if (row_group != nullptr) return row_group[i];
     return groups == 1 ? 0 : i;
   }
-  inline bool group_ok(int64_t g) const { return g >= -1 && g < groups; }
-  inline const bool* row(int64_t g) const { return g < 0 ? nullptr : active + g * classes; }
+  C10_HOST_DEVICE inline bool group_ok(int64_t g) const { return g >= -1 && g < groups; }
+  C10_HOST_DEVICE inline const bool* row(int64_t g) const { return g < 0 ? nullptr : active + g * classes; }
 };
 
 inline void check_logits(const at::Tensor& logits, const char* op) {

@@ -1,0 +1,59 @@
+"""Shared test helpers: tolerances per dtype, the backends to test, seeded random inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyfastlab.ops import _backends
+
+# Forward and gradient tolerances against the float64 reference, per input dtype.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+
+
+def devices() -> list[torch.device]:
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def kernel_backends() -> list:
+    """(backend, device) pairs of every kernel backend available here, as pytest params."""
+    params = []
+    for device in devices():
+        for backend in ("cpu", "cuda", "triton"):
+            if _backends.unavailable_reason(backend, device) is None:
+                marks = [getattr(pytest.mark, backend)] if backend in ("cuda", "triton") else []
+                params.append(pytest.param(backend, device, marks=marks, id=f"{backend}-{device.type}"))
+    return params
+
+
+def assert_close(actual, expected, dtype, what=""):
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True, msg=lambda m: f"{what}: {m}", **tol)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def task_mask(n_rows: int, n_classes: int, gen: torch.Generator, kind: str):
+    """(active, row_group) of each mask form of continual.md 3.1."""
+    if kind == "none":
+        return None, None
+    if kind == "C":
+        return torch.rand(n_classes, generator=gen) > 0.4, None
+    if kind == "NC":
+        return torch.rand(n_rows, n_classes, generator=gen) > 0.4, None
+    if kind == "C+group":
+        return torch.rand(n_classes, generator=gen) > 0.4, torch.randint(-1, 1, (n_rows,), generator=gen)
+    if kind == "GC":
+        groups = 4
+        return (torch.rand(groups, n_classes, generator=gen) > 0.4,
+                torch.randint(-1, groups, (n_rows,), generator=gen, dtype=torch.int32))
+    raise ValueError(kind)
+
+
+MASK_KINDS = ("none", "C", "NC", "C+group", "GC")
