@@ -469,7 +469,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-void masked_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad, const at::Tensor& counted,
+// The C++ signature must equal the CPU kernel's (the dispatcher rejects a mismatch at load time).
+void masked_cross_entropy_backward_cuda(const at::Tensor& grad_loss, at::Tensor& grad, const at::Tensor& counted,
                                         const at::Tensor& counts, int64_t reduction) {
   constexpr const char* op = "masked_cross_entropy_backward_";
   if (grad.numel() == 0) return;
@@ -498,7 +499,6 @@ void masked_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const at::T
   const int64_t gl_stride = reduction == kNone ? gl.stride(0) : 0;
   const at::Tensor counted_c = counted.contiguous();
   const at::Tensor counts_c = reduction == kMean ? counts.contiguous() : at::Tensor();
-  at::Tensor g = grad;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "masked_ce_backward_cuda", [&] {
     auto launch = [&](auto tag) {
@@ -509,10 +509,10 @@ void masked_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const at::T
       const RowLaunch l = row_launch(N, C);
       if (l.warp_rows)
         cross_entropy_backward_kernel<kWarp, kWarpRowBlock, scalar_t, gl_t><<<l.blocks, kWarpRowBlock, 0, stream>>>(
-            g.data_ptr<scalar_t>(), counted_c.const_data_ptr<bool>(), gl_ptr, gl_stride, counts_ptr, N, C, reduction);
+            grad.data_ptr<scalar_t>(), counted_c.const_data_ptr<bool>(), gl_ptr, gl_stride, counts_ptr, N, C, reduction);
       else
         cross_entropy_backward_kernel<kBlockRowThreads, kBlockRowThreads, scalar_t, gl_t>
-            <<<l.blocks, kBlockRowThreads, 0, stream>>>(g.data_ptr<scalar_t>(), counted_c.const_data_ptr<bool>(),
+            <<<l.blocks, kBlockRowThreads, 0, stream>>>(grad.data_ptr<scalar_t>(), counted_c.const_data_ptr<bool>(),
                                                         gl_ptr, gl_stride, counts_ptr, N, C, reduction);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
@@ -624,7 +624,7 @@ __global__ void __launch_bounds__(kBlockThreads) softmax_backward_kernel(const S
 
 at::Tensor masked_softmax_cuda(const at::Tensor& logits, const c10::optional<at::Tensor>& active,
                                const c10::optional<at::Tensor>& row_group, int64_t mode, double mask_value,
-                               double offset, bool log) {
+                               double offset, double /*old_grad_scale*/, double /*new_grad_scale*/, bool log) {
   constexpr const char* op = "masked_softmax";
   check_logits(logits, op);
   TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor here, got ", logits.device());

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One short GPU session: build for sm_90 against the machine's torch, run the CUDA and Triton
+# tests and the CUDA benchmark cases, and leave everything under $OUT (default: ./gpu-results).
+# Usage (from the repo root, on the GPU machine): bash bench/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PFL_CUDA_ARCHS=${PFL_CUDA_ARCHS:-9.0} PYFASTLAB_CHECK=1
+log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+
+log "machine: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+log "python: $(python3 --version); torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+python3 -m pip install -q scikit-build-core cmake ninja pytest pytest-benchmark hypothesis rich matplotlib \
+  >"$OUT/pip.log" 2>&1 || log "pip install of build/test tools failed (see pip.log)"
+
+start=$(date +%s)
+python3 -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_CUDA_ARCHS="$PFL_CUDA_ARCHS" . \
+  >"$OUT/build.log" 2>&1 || { log "BUILD FAILED"; tail -n 60 "$OUT/build.log"; exit 1; }
+log "build: $(( $(date +%s) - start )) s; $(grep -h 'pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
+
+cd tests
+python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable . ../bench \
+  --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log" | tail -n 25
+log "tests: $(tail -n 1 "$OUT/pytest.log")"
+cd ..
+
+pyfastlab info --json >"$OUT/info.json"
+pyfastlab check --seed 0 2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
+COLUMNS=200 pyfastlab bench --device cuda --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 40
+# flatten: the device tool returns files at most two folders down
+for f in "$OUT"/bench/*/*; do mv "$f" "$OUT/bench-$(basename "$f")"; done
+rm -rf "$OUT/bench"
+log "done in $(( $(date +%s) - start )) s"

@@ -1,0 +1,124 @@
+"""Times every implementation of each case side by side: the figures that matter are ratios
+measured in one run, since the machines are shared and noisy."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from .registry import BenchCase, compare
+
+
+@dataclasses.dataclass
+class Result:
+    case: str
+    op: str
+    label: str
+    device: str
+    dtype: str
+    implementation: str
+    kind: str
+    median_ms: float | None = None
+    first_call_ms: float | None = None  # includes torch.compile's compile time for "compiled"
+    gbps: float | None = None
+    copy_fraction: float | None = None
+    peak_extra_units: float | None = None
+    speedup_vs_eager: float | None = None
+    speedup_vs_compiled: float | None = None
+    gflops: float | None = None
+    error: str | None = None
+    target: str = ""
+
+
+def _sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn, device: str, rounds: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def copy_bandwidth(device: str, n_bytes: int, rounds: int = 5) -> float:
+    """Bytes per second of dst.copy_(src), counting the read and the write."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = statistics.median(time_call(lambda: dst.copy_(src), device, rounds, 2))
+    return 2 * n_bytes / seconds
+
+
+def peak_extra_bytes(fn, device: str) -> int:
+    """Peak memory allocated during one call beyond what existed before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # CPU: replay the profiler's allocation timeline (creations and frees, in time order).
+    from torch.profiler import _memory_profiler
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                record_shapes=True, with_stack=True) as prof:
+        fn()
+    Action = _memory_profiler.Action
+    current = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak
+
+
+def run_case(case: BenchCase, *, scale: float, rounds: int, warmup: int, copy_bps: float | None,
+             measure_memory: bool = True) -> list[Result]:
+    results = []
+    expected = None
+    for impl in case.implementations():
+        inputs = case.make_inputs(scale)
+        res = Result(case=case.name, op=case.op, label=case.label, device=case.device,
+                     dtype=str(case.dtype).replace("torch.", ""), implementation=impl.name, kind=impl.kind,
+                     target=case.target)
+        try:
+            start = time.perf_counter()
+            out = impl.run(inputs)
+            _sync(case.device)
+            res.first_call_ms = 1e3 * (time.perf_counter() - start)
+            if expected is None:
+                expected = tuple(t.clone() for t in out)  # the eager baseline comes first
+            else:
+                res.error = compare(out, expected, case.tolerance)
+            times = time_call(lambda: impl.run(inputs), case.device, rounds, warmup)
+            res.median_ms = 1e3 * statistics.median(times)
+            seconds = res.median_ms / 1e3
+            res.gbps = case.bytes_moved(inputs) / seconds / 1e9
+            res.gflops = case.flops(inputs) / seconds / 1e9
+            if copy_bps:
+                res.copy_fraction = case.bytes_moved(inputs) / seconds / copy_bps
+            if measure_memory:
+                res.peak_extra_units = peak_extra_bytes(lambda: impl.run(inputs), case.device) / case.unit_bytes(inputs)
+        except Exception as exc:  # a failing implementation is reported, not fatal
+            res.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        results.append(res)
+    by_name = {r.implementation: r for r in results}
+    for r in results:
+        if r.median_ms:
+            for ref_name, field in (("eager", "speedup_vs_eager"), ("compiled", "speedup_vs_compiled")):
+                base = by_name.get(ref_name)
+                if base is not None and base.median_ms:
+                    setattr(r, field, base.median_ms / r.median_ms)
+    return results

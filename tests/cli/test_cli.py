@@ -1,0 +1,48 @@
+"""The `pyfastlab` command: info, check, bench --quick, demo."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def pyfastlab(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "pyfastlab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=None)
+
+
+def test_info_json():
+    proc = pyfastlab("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["pyfastlab"] and "masked_cross_entropy" in info["backends"]
+
+
+def test_check_passes_every_backend():
+    proc = pyfastlab("check", "--seed", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0 failed" in proc.stdout
+    assert "FAIL" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_results(tmp_path):
+    proc = pyfastlab("bench", "--quick", "--op", "pgd_linf_step_", "--rounds", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = tmp_path.iterdir()
+    data = json.loads((run_dir / "bench.json").read_text())
+    names = {r["implementation"] for r in data["results"]}
+    assert {"eager", "compiled", "cpu"} <= names
+    assert all(r["error"] is None for r in data["results"])
+    assert (run_dir / "bench.md").read_text().count("pgd_linf_step_") == len(data["results"])
+    assert (run_dir / "speedup.png").stat().st_size > 1000
+
+
+def test_demo_of_unknown_family_fails_clearly():
+    proc = pyfastlab("demo", "nosuchfamily")
+    assert proc.returncode == 2
+    assert "no demo" in proc.stdout
+
+
+def test_bad_command_exits_non_zero():
+    assert pyfastlab("frobnicate").returncode != 0
