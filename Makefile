@@ -7,6 +7,8 @@ DEPS   := $(VENV)/.deps-installed
 DEV_REQUIREMENTS := torch==2.14.1 numpy scikit-build-core cmake ninja pybind11 \
                     pytest pytest-benchmark hypothesis rich matplotlib scikit-learn
 BUILD_LOG := build/pip-install.log
+# OFF for fast CPU-only rebuilds: make test PFL_WITH_CUDA=OFF
+PFL_WITH_CUDA ?= ON
 # Triton kernels run under the interpreter on machines without a GPU.
 TEST_ENV := PYFASTLAB_CHECK=1 TRITON_INTERPRET=$(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 
@@ -22,9 +24,10 @@ $(DEPS): Makefile
 install: $(DEPS)
 	@mkdir -p build
 	@echo "building pyfastlab (log: $(BUILD_LOG))"
-	@$(VPY) -m pip install -v --no-build-isolation --no-deps . > $(BUILD_LOG) 2>&1 \
+	@$(VPY) -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_WITH_CUDA=$(PFL_WITH_CUDA) . \
+	  > $(BUILD_LOG) 2>&1 \
 	  || { tail -n 60 $(BUILD_LOG); exit 1; }
-	@grep -h 'pyfastlab:' $(BUILD_LOG) | sed 's/^.*-- //' | sort -u
+	@grep -h -- '-- pyfastlab:' $(BUILD_LOG) | sed 's/^.*-- //' | sort -u
 
 test: install
 	cd tests && $(TEST_ENV) ../$(VENV)/bin/pytest -q -p no:cacheprovider --benchmark-disable . ../bench
@@ -33,7 +36,7 @@ bench: install
 	$(VENV)/bin/pyfastlab bench
 
 wheel: $(DEPS)
-	$(VPY) -m pip wheel --no-build-isolation --no-deps -w dist .
+	$(VPY) -m pip wheel --no-build-isolation --no-deps -C cmake.define.PFL_WITH_CUDA=$(PFL_WITH_CUDA) -w dist .
 
 clean:
 	rm -rf build dist

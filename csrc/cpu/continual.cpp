@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -61,10 +62,15 @@ int64_t count_valid_targets(const at::Tensor& target, const MaskView& mask, int6
 }
 
 // Fixed blocks summed in a fixed order: bit-identical whatever the thread count.
-at::Tensor blocked_sum(const at::Tensor& x) {
+template <typename opmath_t>
+opmath_t blocked_sum(const opmath_t* x, int64_t n) {
   constexpr int64_t kBlock = 1024;
-  at::Tensor total = at::zeros({}, x.options());
-  for (int64_t b = 0; b < x.size(0); b += kBlock) total = total + x.narrow(0, b, std::min(kBlock, x.size(0) - b)).sum();
+  opmath_t total = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    opmath_t part = 0;
+    for (int64_t i = b; i < std::min(n, b + kBlock); ++i) part += x[i];
+    total += part;
+  }
   return total;
 }
 
@@ -109,15 +115,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   args.grad = compute_grad ? at::empty({N, C}, logits.options()) : at::empty({0}, logits.options());
   kernels().cross_entropy(args);
 
-  const int64_t n = args.counted.sum().item<int64_t>();
-  at::Tensor counts = at::tensor({n_pre, n, int64_t(0)}, logits.options().dtype(at::kLong));
+  const bool* counted_ptr = args.counted.const_data_ptr<bool>();
+  const int64_t n = std::count(counted_ptr, counted_ptr + N, true);
+  at::Tensor counts = at::empty({3}, logits.options().dtype(at::kLong));
+  auto* counts_ptr = counts.data_ptr<int64_t>();
+  counts_ptr[0] = n_pre, counts_ptr[1] = n, counts_ptr[2] = 0;
   at::Tensor loss;
   if (reduction == kNone) {
     loss = args.row_out.to(logits.scalar_type());
   } else {
-    loss = blocked_sum(args.row_out);
-    if (reduction == kMean) loss = loss / static_cast<double>(std::max<int64_t>(n, 1));
-    loss = loss.to(logits.scalar_type());
+    AT_DISPATCH_FLOATING_TYPES(opmath_dtype, "masked_cross_entropy_reduce", [&] {
+      scalar_t total = blocked_sum(args.row_out.const_data_ptr<scalar_t>(), N);
+      if (reduction == kMean) total /= static_cast<scalar_t>(std::max<int64_t>(n, 1));
+      loss = at::scalar_tensor(total, logits.options().dtype(opmath_dtype)).to(logits.scalar_type());
+    });
   }
   return {loss, args.row_loss, args.grad, args.counted, counts};
 }

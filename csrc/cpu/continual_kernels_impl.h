@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -34,23 +35,76 @@ inline T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
+// The mask row of a group as a vector select pattern (all bits set = active), for blendv. Rebuilt
+// only when the group changes: consecutive rows usually belong to the same task.
+template <typename opmath_t>
+class RowMask {
+ public:
+  RowMask(const MaskView& mask, int64_t C) : mask_(mask), C_(C) {}
+
+  // Sets arow (nullptr = all active) and bits for row i's group.
+  void select(int64_t i) {
+    const int64_t g = mask_.group_of(i);
+    arow = mask_.row(g);
+    if (arow == nullptr || g == group_) return;
+    bits_.resize(C_);
+    opmath_t ones;
+    std::memset(&ones, 0xff, sizeof(ones));
+    for (int64_t k = 0; k < C_; ++k) bits_[k] = arow[k] ? ones : opmath_t(0);
+    group_ = g;
+  }
+  const bool* arow = nullptr;
+  const opmath_t* bits() const { return bits_.data(); }
+
+ private:
+  const MaskView& mask_;
+  int64_t C_;
+  int64_t group_ = -1;
+  std::vector<opmath_t> bits_;
+};
+
 // v_k = z_k (active) | m (const-masked) | z_k + d (detach-masked), in opmath.
 // Returns max_k v_k, NaN-propagating.
 template <typename scalar_t, typename opmath_t>
-inline opmath_t build_row(const scalar_t* z, const bool* arow, int64_t C, bool detach, opmath_t m,
+inline opmath_t build_row(const scalar_t* z, const RowMask<opmath_t>& mask, int64_t C, bool detach, opmath_t m,
                           opmath_t d, opmath_t* v) {
-  if (arow == nullptr) {
-    for (int64_t k = 0; k < C; ++k) v[k] = static_cast<opmath_t>(z[k]);
-  } else if (detach) {
-    for (int64_t k = 0; k < C; ++k) {
-      const opmath_t x = static_cast<opmath_t>(z[k]);
-      v[k] = arow[k] ? x : x + d;
-    }
+  using Vec = Vectorized<opmath_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    std::copy(z, z + C, v);
   } else {
-    for (int64_t k = 0; k < C; ++k) v[k] = arow[k] ? static_cast<opmath_t>(z[k]) : m;
+    for (int64_t k = 0; k < C; ++k) v[k] = static_cast<opmath_t>(z[k]);
   }
-  return at::vec::reduce_all<opmath_t>(
-      [](Vectorized<opmath_t>& a, Vectorized<opmath_t>& b) { return at::vec::maximum(a, b); }, v, C);
+  if (const bool* arow = mask.arow) {
+    const opmath_t* bits = mask.bits();
+    const Vec vm(m), vd(d);
+    int64_t k = 0;
+    for (; k + Vec::size() <= C; k += Vec::size()) {
+      const Vec x = Vec::loadu(v + k);
+      Vec::blendv(detach ? x + vd : vm, x, Vec::loadu(bits + k)).store(v + k);
+    }
+    for (; k < C; ++k) {
+      if (!arow[k]) v[k] = detach ? v[k] + d : m;
+    }
+  }
+  return at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v, C);
+}
+
+// out_k = v_k * (active ? a : b), rounded once to scalar_t.
+template <typename scalar_t, typename opmath_t>
+inline void scale_row(const opmath_t* v, const RowMask<opmath_t>& mask, int64_t C, opmath_t a, opmath_t b,
+                      scalar_t* out) {
+  using Vec = Vectorized<opmath_t>;
+  const bool* arow = mask.arow;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    const Vec va(a), vb(b);
+    const opmath_t* bits = mask.bits();
+    for (; k + Vec::size() <= C; k += Vec::size()) {
+      const Vec s = arow ? Vec::blendv(vb, va, Vec::loadu(bits + k)) : va;
+      (Vec::loadu(v + k) * s).store(out + k);
+    }
+  }
+  for (; k < C; ++k) out[k] = static_cast<scalar_t>(v[k] * ((arow == nullptr || arow[k]) ? a : b));
 }
 
 // sum_k exp(v_k - M) with a fixed lane order; with kStore, v_k is replaced by exp(v_k - M).
@@ -74,13 +128,10 @@ inline opmath_t exp_sum(opmath_t* v, int64_t C, opmath_t M) {
   return at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc) + tail;
 }
 
-// Gradient multiplier of entry k: s_n if active, s_o if detach-masked, 0 if const-masked.
+// Gradient multipliers: s_n on active entries; s_o on detach-masked ones, 0 on const-masked ones.
 template <typename opmath_t>
 struct EntryScale {
   opmath_t active, masked;
-  inline opmath_t operator()(const bool* arow, int64_t k) const {
-    return (arow == nullptr || arow[k]) ? active : masked;
-  }
 };
 
 template <typename opmath_t>
@@ -108,12 +159,13 @@ void cross_entropy(const CrossEntropyArgs& a) {
     at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> scratch(C);
       opmath_t* v = scratch.data();
+      RowMask<opmath_t> row_mask(mask, C);
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* g = want_grad ? g_ptr + i * C : nullptr;
         const int64_t y = y_ptr[i];
-        const bool* arow = mask.row(mask.group_of(i));
-        const bool valid = y != a.ignore_index && (arow == nullptr || arow[y]);
-        const opmath_t M = valid ? build_row(z_ptr + i * C, arow, C, a.detach, m, d, v) : neg_inf<opmath_t>();
+        row_mask.select(i);
+        const bool valid = y != a.ignore_index && (row_mask.arow == nullptr || row_mask.arow[y]);
+        const opmath_t M = valid ? build_row(z_ptr + i * C, row_mask, C, a.detach, m, d, v) : neg_inf<opmath_t>();
         if (M == neg_inf<opmath_t>()) {  // not counted: zero loss, zero gradient
           if (g != nullptr) std::fill(g, g + C, scalar_t(0));
           continue;
@@ -128,12 +180,7 @@ void cross_entropy(const CrossEntropyArgs& a) {
         if (g == nullptr) continue;
         const opmath_t coef = w * mean_coef;
         const opmath_t inv = coef / S;
-        if (arow == nullptr) {
-          const opmath_t c = inv * scale.active;
-          for (int64_t k = 0; k < C; ++k) g[k] = static_cast<scalar_t>(v[k] * c);
-        } else {
-          for (int64_t k = 0; k < C; ++k) g[k] = static_cast<scalar_t>(v[k] * inv * scale(arow, k));
-        }
+        scale_row(v, row_mask, C, inv * scale.active, inv * scale.masked, g);
         // p_y - 1 in opmath before rounding: no cancellation in reduced precision.
         g[y] = static_cast<scalar_t>((v[y] / S - opmath_t(1)) * coef * scale.active);
       }
@@ -171,9 +218,11 @@ void softmax_forward(const SoftmaxArgs& a) {
     at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> scratch(C);
       opmath_t* v = scratch.data();
+      RowMask<opmath_t> row_mask(mask, C);
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* o = o_ptr + i * C;
-        const opmath_t M = build_row(z_ptr + i * C, mask.row(mask.group_of(i)), C, a.detach, m, d, v);
+        row_mask.select(i);
+        const opmath_t M = build_row(z_ptr + i * C, row_mask, C, a.detach, m, d, v);
         if (M == neg_inf<opmath_t>()) {  // every entry -inf: defined as all 0 (log: all -inf)
           std::fill(o, o + C, a.log ? scalar_t(neg_inf<opmath_t>()) : scalar_t(0));
           continue;
@@ -201,12 +250,13 @@ void softmax_backward(const SoftmaxArgs& a) {
     const bool log = a.log;
     const MaskView mask = a.mask;
     at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> scratch(log ? C : 0);
+      std::vector<opmath_t> scratch(C);
+      opmath_t* dv = scratch.data();
+      RowMask<opmath_t> row_mask(mask, C);
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* y = y_ptr + i * C;
         const scalar_t* gb = gb_ptr + i * C;
         scalar_t* dzi = dz_ptr + i * C;
-        const bool* arow = mask.row(mask.group_of(i));
         // A dead row (every v = -inf) is all 0 (log: all -inf); its gradient is defined as 0.
         opmath_t ymax = log ? neg_inf<opmath_t>() : opmath_t(0);
         opmath_t dot = 0;  // softmax: sum_j gbar_j p_j; log: sum_j gbar_j
@@ -219,18 +269,16 @@ void softmax_backward(const SoftmaxArgs& a) {
           std::fill(dzi, dzi + C, scalar_t(0));
           continue;
         }
-        if (log) {
-          opmath_t* p = scratch.data();
-          for (int64_t k = 0; k < C; ++k) p[k] = static_cast<opmath_t>(y[k]);
-          at::vec::map([](Vectorized<opmath_t> x) { return x.exp(); }, p, p, C);
+        if (log) {  // dv = gbar - exp(y) * sum(gbar)
+          for (int64_t k = 0; k < C; ++k) dv[k] = static_cast<opmath_t>(y[k]);
+          at::vec::map([](Vectorized<opmath_t> x) { return x.exp(); }, dv, dv, C);
+          for (int64_t k = 0; k < C; ++k) dv[k] = static_cast<opmath_t>(gb[k]) - dv[k] * dot;
+        } else {  // dv = y * (gbar - sum(gbar * y))
           for (int64_t k = 0; k < C; ++k)
-            dzi[k] = static_cast<scalar_t>(scale(arow, k) * (static_cast<opmath_t>(gb[k]) - p[k] * dot));
-        } else {
-          for (int64_t k = 0; k < C; ++k) {
-            const opmath_t yk = static_cast<opmath_t>(y[k]);
-            dzi[k] = static_cast<scalar_t>(scale(arow, k) * (yk * (static_cast<opmath_t>(gb[k]) - dot)));
-          }
+            dv[k] = static_cast<opmath_t>(y[k]) * (static_cast<opmath_t>(gb[k]) - dot);
         }
+        row_mask.select(i);
+        scale_row(dv, row_mask, C, scale.active, scale.masked, dzi);
       }
     });
   });

@@ -51,8 +51,9 @@ __host__ __device__ constexpr T qnan() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// exp(x) for x <= 0 (differences v - max): for float exp2 with log2(e) folded in (one MUFU op;
-// (v - M) * log2e rather than fma(v, log2e, -M * log2e), which would overflow for |M| > 2e38).
+// exp(x), x mostly v - max <= 0. Float: exp2 with log2(e) folded in, the hardware's native
+// exponential; (v - M) * log2e rather than fma(v, log2e, -M * log2e), whose M * log2e overflows
+// for |M| > 2.4e38 and is not exactly 0 at v = M.
 __device__ __forceinline__ float exp_op(float x) { return exp2f(x * 1.4426950408889634f); }
 __device__ __forceinline__ double exp_op(double x) { return ::exp(x); }
 __device__ __forceinline__ float log_op(float x) { return ::logf(x); }
