@@ -5,7 +5,8 @@ Semantics, outputs and edge cases follow the CPU kernels (csrc/cpu/continual_ker
 math is in spec continual.md sections 3 and 6.
 
 Layout of the work: one program per row (a tile of rows when C is small), the row held in registers
-when C <= ``MAX_FUSED_C``; beyond that a looped variant (online max/sum, then a second sweep writing
+when C <= ``MAX_FUSED_C`` (``MAX_FUSED_C_F64`` for float64 inputs, whose registers run out
+sooner); beyond that a looped variant (online max/sum, then a second sweep writing
 the output). Math in float32 for fp16/bf16/fp32 inputs and float64 for fp64 inputs ("opmath"). The
 only torch work around the kernels is O(N): the count of rows with a valid active target (needed
 before the kernel writes the mean's gradient), the bad-index count and the final reduction; nothing
@@ -19,6 +20,7 @@ Under ``TRITON_INTERPRET=1`` (set before triton is imported) the same helpers ru
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 from typing import Optional, Tuple
 
@@ -33,16 +35,24 @@ __all__ = [
     "masked_softmax_backward",
     "pgd_linf_step_",
     "MAX_FUSED_C",
+    "MAX_FUSED_C_F64",
 ]
 
 # Rows up to this many classes are held in registers (one sweep); longer rows loop.
 MAX_FUSED_C = 32768
+MAX_FUSED_C_F64 = 8192
+# Under TRITON_INTERPRET=1 every program runs as numpy calls in Python: bigger blocks there mean
+# fewer programs (same code paths; the looped kernels still take several blocks at C > 32768).
+try:
+    _INTERPRET = bool(triton.knobs.runtime.interpret)
+except AttributeError:  # older triton: no knobs module
+    _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Column block of the looped kernels.
-LOOP_BLOCK = 4096
+LOOP_BLOCK = 16384 if _INTERPRET else 4096
 # Elements per program in the fused kernels when several short rows share a program.
-TILE_ELEMS = 4096
+TILE_ELEMS = 65536 if _INTERPRET else 2048
 # Elements per program of the PGD step.
-PGD_BLOCK = 2048
+PGD_BLOCK = 65536 if _INTERPRET else 2048
 
 _NONE, _SUM, _MEAN = 0, 1, 2
 # How a kernel finds the mask row of row i (GMODE).
@@ -59,12 +69,6 @@ def _decode(bits, ACC: tl.constexpr):
         return bits.to(tl.int64).to(tl.float64, bitcast=True)
     else:
         return bits.to(tl.int32).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _max_nan(a, b):
-    """NaN-propagating maximum (tl.max alone drops NaN on the GPU)."""
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -107,6 +111,30 @@ def _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d,
 
 
 @triton.jit
+def _row_stats(v):
+    """Per row of the tile: max M, shift Ms (0 when M = -inf), e = exp(v - Ms), S = sum e, dead.
+
+    tl.max drops NaN on the GPU (fmax), so NaN propagates through S instead: a NaN entry makes S
+    NaN, and a row counts as dead (every v = -inf) only when M = -inf and S is not NaN."""
+    M = tl.max(v, 1)
+    Ms = tl.where(M == float("-inf"), 0.0, M)
+    e = tl.exp(v - Ms[:, None])
+    S = tl.sum(e, 1)
+    dead = (M == float("-inf")) & (S == S)
+    return M, Ms, e, S, dead
+
+
+@triton.jit
+def _online_update(M, S, v):
+    """One block of the online max / sum: no rescale while the running max is -inf (S is 0 then);
+    NaN entries make S NaN (see _row_stats)."""
+    Mn = tl.maximum(M, tl.max(v, 1))
+    Ms = tl.where(Mn == float("-inf"), 0.0, Mn)
+    S = S * tl.exp(M - Ms) + tl.sum(tl.exp(v - Ms[:, None]), 1)
+    return Mn, S
+
+
+@triton.jit
 def _entry_scale(a, sn, so, DETACH: tl.constexpr):
     """Gradient multiplier: s_n (active), s_o (detach-masked), 0 (const-masked)."""
     if DETACH:
@@ -138,11 +166,7 @@ def _ce_fwd_fused(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, co
     y = tl.load(y_ptr + rows, mask=rmask, other=-1)
     v, a = _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d, GMODE, DETACH, ACC)
 
-    M = tl.reduce(v, 1, _max_nan)
-    dead = M == float("-inf")
-    Ms = tl.where(dead, 0.0, M)
-    e = tl.exp(v - Ms[:, None])
-    S = tl.sum(e, 1)
+    M, Ms, e, S, dead = _row_stats(v)
     is_y = cols[None, :] == y[:, None]
     zy = tl.sum(tl.where(is_y, v, 0.0), 1)
     ey = tl.sum(tl.where(is_y, e, 0.0), 1)
@@ -198,14 +222,11 @@ def _ce_fwd_looped(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, c
             cols = start + tl.arange(0, BLOCK)
             cmask = cols < C
             v, a = _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d, GMODE, DETACH, ACC)
-            Mn = _max_nan(M, tl.reduce(v, 1, _max_nan))
-            Ms = tl.where(Mn == float("-inf"), 0.0, Mn)
-            S = S * tl.exp(M - Ms) + tl.sum(tl.exp(v - Ms[:, None]), 1)
-            M = Mn
+            M, S = _online_update(M, S, v)
             zy += tl.sum(tl.where(cols[None, :] == y[:, None], v, 0.0), 1)
 
-    dead = M == float("-inf")
-    Ms = tl.where(dead, 0.0, M)
+    Ms = tl.where(M == float("-inf"), 0.0, M)
+    dead = (M == float("-inf")) & (S == S)
     l = (M + tl.log(S)) - zy
     counted = valid & (dead == 0) & rmask
     if HAS_WEIGHT:
@@ -277,11 +298,8 @@ def _softmax_fwd_fused(z_ptr, z_stride, grp_ptr, act_ptr, o_ptr, N, C, G, m_bits
     d = _decode(d_bits, ACC)
     g, ok = _row_group(grp_ptr, rows, rmask, G, GMODE)
     v, a = _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d, GMODE, DETACH, ACC)
-    M = tl.reduce(v, 1, _max_nan)
-    dead = (M == float("-inf")) | (ok == 0)  # a bad row_group drops the row: output as a dead row
-    Ms = tl.where(dead, 0.0, M)
-    e = tl.exp(v - Ms[:, None])
-    S = tl.sum(e, 1)
+    M, Ms, e, S, dead = _row_stats(v)
+    dead = dead | (ok == 0)  # a bad row_group drops the row: output as a dead row
     if LOG:
         o = v - (Ms + tl.log(S))[:, None]
         o = tl.where(dead[:, None], float("-inf"), o)
@@ -307,12 +325,9 @@ def _softmax_fwd_looped(z_ptr, z_stride, grp_ptr, act_ptr, o_ptr, N, C, G, m_bit
         cols = start + tl.arange(0, BLOCK)
         cmask = cols < C
         v, a = _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d, GMODE, DETACH, ACC)
-        Mn = _max_nan(M, tl.reduce(v, 1, _max_nan))
-        Ms = tl.where(Mn == float("-inf"), 0.0, Mn)
-        S = S * tl.exp(M - Ms) + tl.sum(tl.exp(v - Ms[:, None]), 1)
-        M = Mn
-    dead = (M == float("-inf")) | (ok == 0)
-    Ms = tl.where(dead, 0.0, M)
+        M, S = _online_update(M, S, v)
+    Ms = tl.where(M == float("-inf"), 0.0, M)
+    dead = ((M == float("-inf")) & (S == S)) | (ok == 0)
     lse = Ms + tl.log(S)
     inv = 1.0 / S
     for start in range(0, C, BLOCK):
@@ -477,19 +492,17 @@ def _rows_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(1) == 1 or t.size(1) == 1 else t.contiguous()
 
 
-def _fused_config(N: int, C: int, itemsize: int) -> Tuple[int, int, int]:
-    """(ROWS, BLOCK, num_warps) of the fused kernels."""
+def _max_fused(dtype: torch.dtype) -> int:
+    """Longest row kept in registers: float64 math spills beyond 8192 columns on sm_90."""
+    return MAX_FUSED_C_F64 if dtype == torch.float64 else MAX_FUSED_C
+
+
+def _fused_config(N: int, C: int, dtype: torch.dtype) -> Tuple[int, int, int]:
+    """(ROWS, BLOCK, num_warps) of the fused kernels: about 8 fp32 (4 fp64) values per thread."""
     block = triton.next_power_of_2(C)
     rows = max(1, min(TILE_ELEMS // block, triton.next_power_of_2(max(N, 1))))
-    elems = rows * block
-    if elems <= 2048:
-        warps = 4
-    elif elems <= 8192:
-        warps = 8
-    elif elems <= 16384:
-        warps = 16
-    else:
-        warps = 32 if itemsize >= 4 else 16
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    warps = min(32, max(4, rows * block * acc_bytes // 1024))
     return rows, block, warps
 
 
@@ -563,8 +576,8 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, active: Opt
                 row_loss, row_out, counted.view(torch.uint8), grad if compute_grad else row_out,
                 N, C, G, *scal)
         with _device(logits):
-            if C <= MAX_FUSED_C:
-                rows, block, warps = _fused_config(N, C, z.element_size())
+            if C <= _max_fused(dtype):
+                rows, block, warps = _fused_config(N, C, dtype)
                 _ce_fwd_fused[(triton.cdiv(N, rows),)](*args, **flags, ROWS=rows, BLOCK=block,
                                                        num_warps=warps)
             else:
@@ -606,8 +619,8 @@ def masked_cross_entropy_backward_(grad_loss: torch.Tensor, grad: torch.Tensor, 
             s = s * (c[0] / c[1])
         s = s.to(op_dtype)
     per_row = reduction == _NONE and N != 1
-    if C <= MAX_FUSED_C:
-        rows, block, warps = _fused_config(N, C, grad.element_size())
+    if C <= _max_fused(grad.dtype):
+        rows, block, warps = _fused_config(N, C, grad.dtype)
     else:
         rows, block, warps = 1, LOOP_BLOCK, 8
     with _device(grad):
@@ -630,8 +643,8 @@ def masked_softmax(logits: torch.Tensor, active: Optional[torch.Tensor], row_gro
     args = (z, z.stride(0), grp, act, out, N, C, G, _bits(mask_value, dtype), _bits(offset, dtype))
     flags = dict(GMODE=gmode, DETACH=mode == 1, LOG=bool(log), ACC=_acc(dtype))
     with _device(logits):
-        if C <= MAX_FUSED_C:
-            rows, block, warps = _fused_config(N, C, z.element_size())
+        if C <= _max_fused(dtype):
+            rows, block, warps = _fused_config(N, C, dtype)
             _softmax_fwd_fused[(triton.cdiv(N, rows),)](*args, **flags, ROWS=rows, BLOCK=block,
                                                         num_warps=warps)
         else:
@@ -654,8 +667,8 @@ def masked_softmax_backward(grad_out: torch.Tensor, out: torch.Tensor, active: O
     args = (gb, y, grp, act, dz, N, C, G, _bits(old_grad_scale, dtype), _bits(new_grad_scale, dtype))
     flags = dict(GMODE=gmode, DETACH=mode == 1, LOG=bool(log), ACC=_acc(dtype))
     with _device(out):
-        if C <= MAX_FUSED_C:
-            rows, block, warps = _fused_config(N, C, y.element_size())
+        if C <= _max_fused(dtype):
+            rows, block, warps = _fused_config(N, C, dtype)
             _softmax_bwd_fused[(triton.cdiv(N, rows),)](*args, **flags, ROWS=rows, BLOCK=block,
                                                         num_warps=warps)
         else:

@@ -243,6 +243,7 @@ void softmax_backward(const SoftmaxArgs& a) {
   const int64_t N = a.out.size(0), C = a.out.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.out.scalar_type(), "masked_softmax_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    using Vec = Vectorized<opmath_t>;
     const scalar_t* y_ptr = a.out.const_data_ptr<scalar_t>();
     const scalar_t* gb_ptr = a.grad_out.const_data_ptr<scalar_t>();
     scalar_t* dz_ptr = a.dz.data_ptr<scalar_t>();
@@ -250,32 +251,31 @@ void softmax_backward(const SoftmaxArgs& a) {
     const bool log = a.log;
     const MaskView mask = a.mask;
     at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> scratch(C);
-      opmath_t* dv = scratch.data();
+      std::vector<opmath_t> scratch(3 * C);
+      opmath_t *yv = scratch.data(), *gv = yv + C, *dv = gv + C;
       RowMask<opmath_t> row_mask(mask, C);
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* y = y_ptr + i * C;
         const scalar_t* gb = gb_ptr + i * C;
         scalar_t* dzi = dz_ptr + i * C;
+        // Row sums with vector-lane partials: accurate for long rows, fixed order.
+        for (int64_t k = 0; k < C; ++k) yv[k] = static_cast<opmath_t>(y[k]);
+        for (int64_t k = 0; k < C; ++k) gv[k] = static_cast<opmath_t>(gb[k]);
+        const opmath_t ymax = at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, yv, C);
+        // softmax: sum_j gbar_j p_j; log: sum_j gbar_j
+        const opmath_t dot = log ? at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, gv, C)
+                                 : at::vec::map2_reduce_all<opmath_t>([](Vec a, Vec b) { return a * b; },
+                                                                     [](Vec a, Vec b) { return a + b; }, yv, gv, C);
         // A dead row (every v = -inf) is all 0 (log: all -inf); its gradient is defined as 0.
-        opmath_t ymax = log ? neg_inf<opmath_t>() : opmath_t(0);
-        opmath_t dot = 0;  // softmax: sum_j gbar_j p_j; log: sum_j gbar_j
-        for (int64_t k = 0; k < C; ++k) {
-          const opmath_t yk = static_cast<opmath_t>(y[k]);
-          ymax = std::max(ymax, yk);
-          dot += static_cast<opmath_t>(gb[k]) * (log ? opmath_t(1) : yk);
-        }
         if (log ? ymax == neg_inf<opmath_t>() : ymax == opmath_t(0)) {
           std::fill(dzi, dzi + C, scalar_t(0));
           continue;
         }
+        const Vec vdot(dot);
         if (log) {  // dv = gbar - exp(y) * sum(gbar)
-          for (int64_t k = 0; k < C; ++k) dv[k] = static_cast<opmath_t>(y[k]);
-          at::vec::map([](Vectorized<opmath_t> x) { return x.exp(); }, dv, dv, C);
-          for (int64_t k = 0; k < C; ++k) dv[k] = static_cast<opmath_t>(gb[k]) - dv[k] * dot;
+          at::vec::map2([=](Vec yk, Vec gk) { return gk - yk.exp() * vdot; }, dv, yv, gv, C);
         } else {  // dv = y * (gbar - sum(gbar * y))
-          for (int64_t k = 0; k < C; ++k)
-            dv[k] = static_cast<opmath_t>(y[k]) * (static_cast<opmath_t>(gb[k]) - dot);
+          at::vec::map2([=](Vec yk, Vec gk) { return yk * (gk - vdot); }, dv, yv, gv, C);
         }
         row_mask.select(i);
         scale_row(dv, row_mask, C, scale.active, scale.masked, dzi);

@@ -90,8 +90,9 @@ def masked_softmax(logits, active=None, row_group=None, *, mode="const", mask_va
 
 
 def pgd_linf_step_(x_adv, grad, x_clean, *, eps, step_size, lo=0.0, hi=1.0):
-    """The eager chain of continual.md 3.6, in this order: ascend, project on the ball, clamp."""
-    t = x_adv + step_size * torch.sign(grad)
+    """The eager chain of continual.md 3.6, in this order: ascend, project on the ball, clamp.
+    sign(NaN) is NaN here, as the spec defines it (torch.sign gives 0 on some builds)."""
+    t = x_adv + step_size * torch.where(torch.isnan(grad), grad, torch.sign(grad))
     u = torch.minimum(torch.maximum(t, x_clean - eps), x_clean + eps)
     return x_adv.copy_(torch.clamp(u, lo, hi))
 
