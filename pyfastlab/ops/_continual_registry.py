@@ -115,6 +115,7 @@ def _pgd_fake(x_adv, grad, x_clean, eps, step_size, lo, hi):
 def _ce_setup_context(ctx, inputs, output):
     weight, reduction = inputs[4], inputs[11]
     _, row_loss, grad, counted, counts = output
+    ctx.set_materialize_grads(False)  # else autograd fills a zero [N, C] upstream for the grad output
     ctx.reduction = reduction
     ctx.weight_dtype = weight.dtype if weight is not None else None
     ctx.save_for_backward(grad, row_loss, counted, counts)
@@ -144,6 +145,8 @@ def _make_ce_backward(scale_inplace, scale_functional):
     def backward(ctx, grad_loss, *unused):
         grad, row_loss, counted, counts = ctx.saved_tensors
         grad_logits = grad_weight = None
+        if grad_loss is None:  # only the non-differentiable outputs were used
+            return (None,) * 13
         if ctx.needs_input_grad[0]:
             if _traced(grad):
                 grad_logits = scale_functional(grad_loss, grad, counted, counts, ctx.reduction)
@@ -181,30 +184,30 @@ def _make_softmax_backward(backward_op):
     return backward
 
 
-def _register(fwd, bwd_scale_, bwd_scale, softmax, softmax_backward, pgd):
+def _register_fakes(fwd, bwd_scale_, bwd_scale, softmax, softmax_backward, pgd):
     torch.library.register_fake(fwd)(_ce_fake)
     torch.library.register_fake(bwd_scale_)(_ce_backward_fake_)
     torch.library.register_fake(bwd_scale)(_ce_backward_fake)
     torch.library.register_fake(softmax)(_softmax_fake)
     torch.library.register_fake(softmax_backward)(_softmax_backward_fake)
     torch.library.register_fake(pgd)(_pgd_fake)
-    torch.library.register_autograd(fwd, _make_ce_backward(_op(bwd_scale_), _op(bwd_scale)),
-                                    setup_context=_ce_setup_context)
-    torch.library.register_autograd(softmax, _make_softmax_backward(_op(softmax_backward)),
-                                    setup_context=_softmax_setup_context)
 
 
-def _op(qualname: str):
-    namespace, name = qualname.split("::")
-    return getattr(getattr(torch.ops, namespace), name)
-
-
-_register("pyfastlab::masked_cross_entropy_triton", "pyfastlab::masked_cross_entropy_backward_triton_",
-          "pyfastlab::masked_cross_entropy_backward_triton", "pyfastlab::masked_softmax_triton", "pyfastlab::masked_softmax_backward_triton",
-          "pyfastlab::pgd_linf_step_triton_")
+_register_fakes("pyfastlab::masked_cross_entropy_triton", "pyfastlab::masked_cross_entropy_backward_triton_",
+                "pyfastlab::masked_cross_entropy_backward_triton", "pyfastlab::masked_softmax_triton",
+                "pyfastlab::masked_softmax_backward_triton", "pyfastlab::pgd_linf_step_triton_")
+torch.library.register_autograd("pyfastlab::masked_cross_entropy_triton",
+                                _make_ce_backward(torch.ops.pyfastlab.masked_cross_entropy_backward_triton_,
+                                                  torch.ops.pyfastlab.masked_cross_entropy_backward_triton),
+                                setup_context=_ce_setup_context)
+torch.library.register_autograd("pyfastlab::masked_softmax_triton",
+                                _make_softmax_backward(torch.ops.pyfastlab.masked_softmax_backward_triton),
+                                setup_context=_softmax_setup_context)
 if has_compiled_ops():  # fake kernels for ops that never loaded would crash the import
-    _register("pyfastlab::masked_cross_entropy", "pyfastlab::masked_cross_entropy_backward_",
-              "pyfastlab::masked_cross_entropy_backward", "pyfastlab::masked_softmax", "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
+    # (the compiled ops' autograd is registered in C++: csrc/autograd/continual.cpp)
+    _register_fakes("pyfastlab::masked_cross_entropy", "pyfastlab::masked_cross_entropy_backward_",
+                    "pyfastlab::masked_cross_entropy_backward", "pyfastlab::masked_softmax",
+                    "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
 
 COMPILED = {
     "masked_cross_entropy": "masked_cross_entropy",
