@@ -27,8 +27,8 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Rows per parallel task: about 32 K elements, so small C does not drown in scheduling.
-inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
+// Rows per parallel task: about 8 K elements, so small C does not drown in scheduling.
+inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)); }
 
 template <typename T>
 inline T neg_inf() {
@@ -119,13 +119,13 @@ inline opmath_t exp_sum(opmath_t* v, int64_t C, opmath_t M) {
     if constexpr (kStore) e.store(v + k);
     acc = acc + e;
   }
-  opmath_t tail = 0;
-  for (; k < C; ++k) {
-    const opmath_t e = std::exp(v[k] - M);
-    if constexpr (kStore) v[k] = e;
-    tail += e;
+  if (k < C) {  // the tail as one partial vector: no scalar exp calls
+    const int64_t rest = C - k;
+    const Vec e = Vec::set(Vec(0), (Vec::loadu(v + k, rest) - vM).exp(), rest);
+    if constexpr (kStore) e.store(v + k, rest);
+    acc = acc + e;
   }
-  return at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc) + tail;
+  return at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc);
 }
 
 // Gradient multipliers: s_n on active entries; s_o on detach-masked ones, 0 on const-masked ones.
