@@ -55,6 +55,12 @@ class RowMask {
   }
   const bool* arow = nullptr;
   const opmath_t* bits() const { return bits_.data(); }
+  // A mask that keeps every class.
+  static const RowMask& none() {
+    static const MaskView all_active;
+    static const RowMask mask(all_active, 0);
+    return mask;
+  }
 
  private:
   const MaskView& mask_;
@@ -69,24 +75,29 @@ template <typename scalar_t, typename opmath_t>
 inline opmath_t build_row(const scalar_t* z, const RowMask<opmath_t>& mask, int64_t C, bool detach, opmath_t m,
                           opmath_t d, opmath_t* v) {
   using Vec = Vectorized<opmath_t>;
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    std::copy(z, z + C, v);
-  } else {
-    for (int64_t k = 0; k < C; ++k) v[k] = static_cast<opmath_t>(z[k]);
-  }
-  if (const bool* arow = mask.arow) {
-    const opmath_t* bits = mask.bits();
-    const Vec vm(m), vd(d);
-    int64_t k = 0;
+  const bool* arow = mask.arow;
+  const opmath_t* bits = mask.bits();
+  const Vec vm(m), vd(d);
+  Vec vmax(neg_inf<opmath_t>());
+  int64_t k = 0;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {  // one pass: load, select, store, max
     for (; k + Vec::size() <= C; k += Vec::size()) {
-      const Vec x = Vec::loadu(v + k);
-      Vec::blendv(detach ? x + vd : vm, x, Vec::loadu(bits + k)).store(v + k);
-    }
-    for (; k < C; ++k) {
-      if (!arow[k]) v[k] = detach ? v[k] + d : m;
+      Vec x = Vec::loadu(z + k);
+      if (arow != nullptr) x = Vec::blendv(detach ? x + vd : vm, x, Vec::loadu(bits + k));
+      x.store(v + k);
+      vmax = at::vec::maximum(vmax, x);
     }
   }
-  return at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v, C);
+  opmath_t tail_max = neg_inf<opmath_t>();
+  for (; k < C; ++k) {
+    opmath_t x = static_cast<opmath_t>(z[k]);
+    if (arow != nullptr && !arow[k]) x = detach ? x + d : m;
+    v[k] = x;
+    tail_max = (std::isnan(x) || x > tail_max) ? x : tail_max;
+  }
+  const opmath_t head_max = at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); },
+                                                              vmax);
+  return (std::isnan(head_max) || std::isnan(tail_max)) ? head_max + tail_max : std::max(head_max, tail_max);
 }
 
 // out_k = v_k * (active ? a : b), rounded once to scalar_t.
@@ -137,6 +148,16 @@ struct EntryScale {
 template <typename opmath_t>
 EntryScale<opmath_t> entry_scale(bool detach, double old_grad_scale, double new_grad_scale) {
   return {static_cast<opmath_t>(new_grad_scale), detach ? static_cast<opmath_t>(old_grad_scale) : opmath_t(0)};
+}
+
+// out_k = v_k + c, rounded once to scalar_t.
+template <typename scalar_t, typename opmath_t>
+inline void shift_row(const opmath_t* v, int64_t C, opmath_t c, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    at::vec::map([c](Vectorized<opmath_t> x) { return x + Vectorized<opmath_t>(c); }, out, v, C);
+  } else {
+    for (int64_t k = 0; k < C; ++k) out[k] = static_cast<scalar_t>(v[k] + c);
+  }
 }
 
 void cross_entropy(const CrossEntropyArgs& a) {
@@ -229,10 +250,10 @@ void softmax_forward(const SoftmaxArgs& a) {
         }
         if (a.log) {
           const opmath_t lse = M + std::log(exp_sum<opmath_t, false>(v, C, M));
-          for (int64_t k = 0; k < C; ++k) o[k] = static_cast<scalar_t>(v[k] - lse);
+          shift_row(v, C, -lse, o);
         } else {
           const opmath_t inv = opmath_t(1) / exp_sum<opmath_t, true>(v, C, M);
-          for (int64_t k = 0; k < C; ++k) o[k] = static_cast<scalar_t>(v[k] * inv);
+          scale_row(v, RowMask<opmath_t>::none(), C, inv, inv, o);
         }
       }
     });
@@ -252,15 +273,20 @@ void softmax_backward(const SoftmaxArgs& a) {
     const MaskView mask = a.mask;
     at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> scratch(3 * C);
-      opmath_t *yv = scratch.data(), *gv = yv + C, *dv = gv + C;
+      opmath_t *yv_buf = scratch.data(), *gv_buf = yv_buf + C, *dv = gv_buf + C;
       RowMask<opmath_t> row_mask(mask, C);
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* y = y_ptr + i * C;
         const scalar_t* gb = gb_ptr + i * C;
         scalar_t* dzi = dz_ptr + i * C;
+        const opmath_t *yv = yv_buf, *gv = gv_buf;
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          yv = reinterpret_cast<const opmath_t*>(y), gv = reinterpret_cast<const opmath_t*>(gb);
+        } else {
+          for (int64_t k = 0; k < C; ++k) yv_buf[k] = static_cast<opmath_t>(y[k]);
+          for (int64_t k = 0; k < C; ++k) gv_buf[k] = static_cast<opmath_t>(gb[k]);
+        }
         // Row sums with vector-lane partials: accurate for long rows, fixed order.
-        for (int64_t k = 0; k < C; ++k) yv[k] = static_cast<opmath_t>(y[k]);
-        for (int64_t k = 0; k < C; ++k) gv[k] = static_cast<opmath_t>(gb[k]);
         const opmath_t ymax = at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, yv, C);
         // softmax: sum_j gbar_j p_j; log: sum_j gbar_j
         const opmath_t dot = log ? at::vec::reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, gv, C)
