@@ -28,16 +28,6 @@ const KernelTable& kernels() {
 
 namespace {
 
-struct ContiguousMask {
-  c10::optional<at::Tensor> active, row_group;
-  MaskView view;
-  ContiguousMask(const c10::optional<at::Tensor>& a, const c10::optional<at::Tensor>& g) {
-    if (a.has_value()) active = a->contiguous();
-    if (g.has_value()) row_group = g->contiguous();
-    view = mask_view(active, row_group);
-  }
-};
-
 void check_groups(const MaskView& mask, int64_t N, const char* op) {
   for (int64_t i = 0; i < N; ++i) {
     const int64_t g = mask.group_of(i);

@@ -382,10 +382,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   }
   at::Tensor row_out = reduction == kNone ? at::Tensor() : at::empty({N}, opts.dtype(opmath_dtype));
   const at::Tensor z = logits.contiguous(), y = target.contiguous();
-  const c10::optional<at::Tensor> a = active.has_value() ? c10::optional<at::Tensor>(active->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> rg =
-      row_group.has_value() ? c10::optional<at::Tensor>(row_group->contiguous()) : c10::nullopt;
-  const MaskView mask = mask_view(a, rg);
+  const ContiguousMask contiguous_mask(active, row_group);
+  const MaskView mask = contiguous_mask.view;
   const at::Tensor w = weight.has_value() ? weight->to(opmath_dtype).contiguous() : at::Tensor();
   // Only the mean's gradient needs n_pre before the row pass; otherwise the finalize step counts it.
   const bool prepass = compute_grad && reduction == kMean;
@@ -636,10 +634,8 @@ at::Tensor masked_softmax_cuda(const at::Tensor& logits, const c10::optional<at:
   at::Tensor out = at::empty({N, C}, logits.options());
   if (N == 0) return out;
   const at::Tensor z = logits.contiguous();
-  const c10::optional<at::Tensor> a = active.has_value() ? c10::optional<at::Tensor>(active->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> rg =
-      row_group.has_value() ? c10::optional<at::Tensor>(row_group->contiguous()) : c10::nullopt;
-  const MaskView mask = mask_view(a, rg);
+  const ContiguousMask contiguous_mask(active, row_group);
+  const MaskView mask = contiguous_mask.view;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_softmax_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -681,10 +677,8 @@ at::Tensor masked_softmax_backward_cuda(const at::Tensor& grad_out, const at::Te
   if (N == 0) return dz;
   const at::Tensor y = out.contiguous();
   const at::Tensor gb = grad_out.to(out.scalar_type()).contiguous();
-  const c10::optional<at::Tensor> a = active.has_value() ? c10::optional<at::Tensor>(active->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> rg =
-      row_group.has_value() ? c10::optional<at::Tensor>(row_group->contiguous()) : c10::nullopt;
-  const MaskView mask = mask_view(a, rg);
+  const ContiguousMask contiguous_mask(active, row_group);
+  const MaskView mask = contiguous_mask.view;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "masked_softmax_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;

@@ -68,17 +68,23 @@ inline void check_mask(const at::Tensor& logits, const c10::optional<at::Tensor>
   }
 }
 
-inline MaskView mask_view(const c10::optional<at::Tensor>& active,
-                          const c10::optional<at::Tensor>& row_group) {
+// Contiguous forms of active / row_group, kept alive for the kernels, and the view they read.
+struct ContiguousMask {
+  c10::optional<at::Tensor> active, row_group;
   MaskView view;
-  if (active.has_value()) {
+
+  ContiguousMask(const c10::optional<at::Tensor>& a, const c10::optional<at::Tensor>& g) {
+    if (!a.has_value()) return;
+    active = a->contiguous();
     view.active = active->data_ptr<bool>();
     view.groups = active->size(0);
     view.classes = active->size(1);
-    if (row_group.has_value()) view.row_group = row_group->data_ptr<int64_t>();
+    if (g.has_value()) {
+      row_group = g->contiguous();
+      view.row_group = row_group->data_ptr<int64_t>();
+    }
   }
-  return view;
-}
+};
 
 inline void check_scalars(double mask_value, double offset, int64_t mode, const char* op) {
   TORCH_CHECK_VALUE(mode == kConst || mode == kDetach, op, ": mode must be 0 (const) or 1 (detach)");
