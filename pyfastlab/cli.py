@@ -77,7 +77,8 @@ def cmd_bench(args) -> int:
             progress.update(task, description=f"{case.name}")
             results += run_case(case, scale=scale, rounds=rounds, warmup=warmup, copy_bps=copy_bps[case.device])
             progress.advance(task)
-    title = f"pyfastlab bench ({'quick, N/16' if args.quick else 'full size'}; median of {rounds} rounds)"
+    title = (f"pyfastlab bench ({'quick, N/16' if args.quick else 'full size'}; median of {rounds} rounds; "
+             "1st call includes torch.compile's compile time)")
     print_table(results, console, title)
     out = pathlib.Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .runner import Result
 
-COLUMNS = ("op", "case", "backend", "fwd+bwd ms", "vs eager", "vs compiled", "GB/s", "% copy bw",
+COLUMNS = ("op", "case", "backend", "fwd+bwd ms", "1st call ms", "vs eager", "vs compiled", "GB/s", "% copy bw",
            "peak extra [N,C]", "status")
 
 
@@ -23,7 +23,7 @@ def rows(results: list[Result]) -> list[tuple[str, ...]]:
     for r in results:
         status = "ok" if r.error is None else f"FAIL: {r.error}"
         out.append((r.op, f"{r.label} {r.dtype} {r.device}", r.implementation, _fmt(r.median_ms, ".3f"),
-                    _fmt(r.speedup_vs_eager, ".2f", "x"), _fmt(r.speedup_vs_compiled, ".2f", "x"),
+                    _fmt(r.first_call_ms, ".1f"), _fmt(r.speedup_vs_eager, ".2f", "x"), _fmt(r.speedup_vs_compiled, ".2f", "x"),
                     _fmt(r.gbps, ".1f"), _fmt(r.copy_fraction and 100 * r.copy_fraction, ".0f", "%"),
                     _fmt(r.peak_extra_units, ".2f"), status))
     return out

@@ -332,11 +332,15 @@ def test_unavailable_backend_says_why():
         ops.masked_cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), backend="cuda")
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_mixed_devices_raise():
-    with pytest.raises(ValueError, match="target"):
-        ops.masked_cross_entropy(torch.randn(2, 3, device="cuda"), torch.tensor([0, 1]))
+@pytest.mark.parametrize("name", ["target", "active", "row_group", "weight"])
+def test_mixed_devices_raise(name):
+    """An argument on another device (here the meta device, so no GPU is needed) is named."""
+    args = dict(target=torch.tensor([0, 1]), active=torch.ones(2, 3, dtype=torch.bool),
+                row_group=torch.tensor([0, 1]), weight=torch.ones(2))
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=name):
+        ops.masked_cross_entropy(torch.randn(2, 3), args["target"], args["active"], args["row_group"],
+                                 weight=args["weight"])
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
