@@ -1,11 +1,12 @@
-"""Registrations behind the continual ops: the Triton custom ops, fake kernels for
-torch.compile and the autograd formulas, for the compiled (CPU/CUDA) and the Triton ops alike.
+"""Registrations behind the continual ops: the Triton custom ops and their autograd, and the
+fake kernels (for torch.compile) of the compiled and the Triton ops.
 
-Each forward op returns the gradient for an upstream gradient of 1 alongside the loss; the
-backward only rescales that buffer. A plain `loss.backward()` needs no rescale: on CPU the
-buffer is returned as it is, and eager CUDA rescales in place on device (no host sync), so the
-forward and backward together read and write N*C once. The in-place path bumps the buffer's
-version: a second backward through the same graph is refused, never silently wrong.
+The compiled ops' autograd lives in C++ (csrc/autograd/continual.cpp); the Triton ops' below
+follows the same rule. Each forward returns the gradient for an upstream gradient of 1 beside
+the loss and the backward only rescales that buffer: on CPU tensors (the interpreter) a plain
+`loss.backward()` takes it as it is; on CUDA it is rescaled in place on the device (no host
+sync) and its version bumped, so a second backward through the same graph is refused, never
+silently wrong. While tracing, the out-of-place backward op is used.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def _pgd_fake(x_adv, grad, x_clean, eps, step_size, lo, hi):
     return None
 
 
-# ---- autograd ------------------------------------------------------------------------------------
+# ---- autograd of the Triton ops --------------------------------------------------------------------
 
 def _ce_setup_context(ctx, inputs, output):
     weight, reduction = inputs[4], inputs[11]
@@ -141,32 +142,28 @@ def _traced(t: Tensor) -> bool:
             or torch._C._get_dispatch_mode(modes.FAKE) is not None)
 
 
-def _make_ce_backward(scale_inplace, scale_functional):
-    def backward(ctx, grad_loss, *unused):
-        grad, row_loss, counted, counts = ctx.saved_tensors
-        grad_logits = grad_weight = None
-        if grad_loss is None:  # only the non-differentiable outputs were used
-            return (None,) * 13
-        if ctx.needs_input_grad[0]:
-            if _traced(grad):
-                grad_logits = scale_functional(grad_loss, grad, counted, counts, ctx.reduction)
-            elif grad.device.type == "cpu":
-                if ctx.reduction != _REDUCTION_NONE and _upstream_scale(grad_loss, counts, ctx.reduction) == 1.0:
-                    grad_logits = grad
-                else:
-                    grad_logits = scale_functional(grad_loss, grad, counted, counts, ctx.reduction)
-            else:
-                scale_inplace(grad_loss, grad, counted, counts, ctx.reduction)
-                torch.autograd.graph.increment_version(grad)
-                grad_logits = grad
-        if ctx.needs_input_grad[4]:  # dL/dw_i = c_i * r_i * l_i
-            upstream = grad_loss.to(row_loss.dtype)
-            if ctx.reduction == _REDUCTION_MEAN:
-                upstream = upstream / counts[1].clamp(min=1)
-            grad_weight = torch.where(counted, upstream * row_loss, torch.zeros_like(row_loss)).to(ctx.weight_dtype)
-        return (grad_logits, None, None, None, grad_weight) + (None,) * 8
-
-    return backward
+def _ce_backward(ctx, grad_loss, *unused):
+    grad, row_loss, counted, counts = ctx.saved_tensors
+    grad_logits = grad_weight = None
+    if grad_loss is None:  # only the non-differentiable outputs were used
+        return (None,) * 13
+    if ctx.needs_input_grad[0]:
+        args = (grad_loss, grad, counted, counts, ctx.reduction)
+        if _traced(grad):
+            grad_logits = torch.ops.pyfastlab.masked_cross_entropy_backward_triton(*args)
+        elif grad.device.type == "cpu":
+            unit = ctx.reduction != _REDUCTION_NONE and _upstream_scale(grad_loss, counts, ctx.reduction) == 1.0
+            grad_logits = grad if unit else torch.ops.pyfastlab.masked_cross_entropy_backward_triton(*args)
+        else:
+            torch.ops.pyfastlab.masked_cross_entropy_backward_triton_(*args)
+            torch.autograd.graph.increment_version(grad)
+            grad_logits = grad
+    if ctx.needs_input_grad[4]:  # dL/dw_i = c_i * r_i * l_i
+        upstream = grad_loss.to(row_loss.dtype)
+        if ctx.reduction == _REDUCTION_MEAN:
+            upstream = upstream / counts[1].clamp(min=1)
+        grad_weight = torch.where(counted, upstream * row_loss, torch.zeros_like(row_loss)).to(ctx.weight_dtype)
+    return (grad_logits, None, None, None, grad_weight) + (None,) * 8
 
 
 def _softmax_setup_context(ctx, inputs, output):
@@ -175,13 +172,11 @@ def _softmax_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output, active, row_group)
 
 
-def _make_softmax_backward(backward_op):
-    def backward(ctx, grad_out):
-        out, active, row_group = ctx.saved_tensors
-        dz = backward_op(grad_out, out, active, row_group, ctx.mode, ctx.old_grad_scale, ctx.new_grad_scale, ctx.log)
-        return (dz,) + (None,) * 8
-
-    return backward
+def _softmax_backward(ctx, grad_out):
+    out, active, row_group = ctx.saved_tensors
+    dz = torch.ops.pyfastlab.masked_softmax_backward_triton(grad_out, out, active, row_group, ctx.mode,
+                                                            ctx.old_grad_scale, ctx.new_grad_scale, ctx.log)
+    return (dz,) + (None,) * 8
 
 
 def _register_fakes(fwd, bwd_scale_, bwd_scale, softmax, softmax_backward, pgd):
@@ -196,12 +191,9 @@ def _register_fakes(fwd, bwd_scale_, bwd_scale, softmax, softmax_backward, pgd):
 _register_fakes("pyfastlab::masked_cross_entropy_triton", "pyfastlab::masked_cross_entropy_backward_triton_",
                 "pyfastlab::masked_cross_entropy_backward_triton", "pyfastlab::masked_softmax_triton",
                 "pyfastlab::masked_softmax_backward_triton", "pyfastlab::pgd_linf_step_triton_")
-torch.library.register_autograd("pyfastlab::masked_cross_entropy_triton",
-                                _make_ce_backward(torch.ops.pyfastlab.masked_cross_entropy_backward_triton_,
-                                                  torch.ops.pyfastlab.masked_cross_entropy_backward_triton),
+torch.library.register_autograd("pyfastlab::masked_cross_entropy_triton", _ce_backward,
                                 setup_context=_ce_setup_context)
-torch.library.register_autograd("pyfastlab::masked_softmax_triton",
-                                _make_softmax_backward(torch.ops.pyfastlab.masked_softmax_backward_triton),
+torch.library.register_autograd("pyfastlab::masked_softmax_triton", _softmax_backward,
                                 setup_context=_softmax_setup_context)
 if has_compiled_ops():  # fake kernels for ops that never loaded would crash the import
     # (the compiled ops' autograd is registered in C++: csrc/autograd/continual.cpp)
