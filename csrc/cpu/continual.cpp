@@ -99,9 +99,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   args.ignore_index = ignore_index;
   const int64_t n_pre = count_valid_targets(args.target, mask.view, C, ignore_index);
   args.mean_coef = reduction == kMean ? 1.0 / std::max<int64_t>(n_pre, 1) : 1.0;
-  args.row_loss = at::zeros({N}, logits.options().dtype(opmath_dtype));
-  args.row_out = at::zeros({N}, logits.options().dtype(opmath_dtype));
-  args.counted = at::zeros({N}, logits.options().dtype(at::kBool));
+  args.row_loss = at::empty({N}, logits.options().dtype(opmath_dtype));
+  args.row_out = at::empty({N}, logits.options().dtype(opmath_dtype));
+  args.counted = at::empty({N}, logits.options().dtype(at::kBool));
   args.grad = compute_grad ? at::empty({N, C}, logits.options()) : at::empty({0}, logits.options());
   kernels().cross_entropy(args);
 
@@ -117,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
     AT_DISPATCH_FLOATING_TYPES(opmath_dtype, "masked_cross_entropy_reduce", [&] {
       scalar_t total = blocked_sum(args.row_out.const_data_ptr<scalar_t>(), N);
       if (reduction == kMean) total /= static_cast<scalar_t>(std::max<int64_t>(n, 1));
-      loss = at::scalar_tensor(total, logits.options().dtype(opmath_dtype)).to(logits.scalar_type());
+      loss = at::scalar_tensor(total, logits.options());  // rounded once to the logits dtype
     });
   }
   return {loss, args.row_loss, args.grad, args.counted, counts};

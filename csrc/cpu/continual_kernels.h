@@ -15,8 +15,8 @@ struct CrossEntropyArgs {
   double mask_value = 0, offset = 0, old_grad_scale = 0, new_grad_scale = 1;
   int64_t ignore_index = -100;
   double mean_coef = 1;  // 1 / n_pre for the mean, else 1
-  // outputs
-  at::Tensor row_loss, row_out, counted, grad;  // grad undefined or empty: no gradient
+  // outputs, every row written by the kernel
+  at::Tensor row_loss, row_out, counted, grad;  // grad empty: no gradient
 };
 
 struct SoftmaxArgs {

@@ -188,6 +188,8 @@ void cross_entropy(const CrossEntropyArgs& a) {
         const bool valid = y != a.ignore_index && (row_mask.arow == nullptr || row_mask.arow[y]);
         const opmath_t M = valid ? build_row(z_ptr + i * C, row_mask, C, a.detach, m, d, v) : neg_inf<opmath_t>();
         if (M == neg_inf<opmath_t>()) {  // not counted: zero loss, zero gradient
+          counted_ptr[i] = false;
+          loss_ptr[i] = out_ptr[i] = opmath_t(0);
           if (g != nullptr) std::fill(g, g + C, scalar_t(0));
           continue;
         }

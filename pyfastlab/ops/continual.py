@@ -22,7 +22,8 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _canonical_mask(active, row_group, logits: Tensor):
-    """(active as contiguous [G, C] bool, row_group as int64 [N]) per the table of 3.1."""
+    """(active as [G, C] bool, row_group as int64 [N]) per the table of 3.1 (kernels make them
+    contiguous themselves)."""
     n_rows, n_classes = logits.shape
     if active is None:
         if row_group is not None:
@@ -35,11 +36,11 @@ def _canonical_mask(active, row_group, logits: Tensor):
     if row_group is None:
         if active.dim() == 2 and table.shape[0] != n_rows:
             raise ValueError(f"active has G={table.shape[0]} rows but logits have N={n_rows}: pass row_group")
-        return table.contiguous(), None
+        return table, None
     check_tensor("row_group", row_group, dtypes=_INDEX_DTYPES, dim=1, device=logits.device)
     if row_group.shape[0] != n_rows:
         raise ValueError(f"row_group must be [N={n_rows}], got shape {tuple(row_group.shape)}")
-    return table.contiguous(), row_group.to(torch.int64).contiguous()
+    return table, (row_group if row_group.dtype == torch.int64 else row_group.long())
 
 
 def _check_logits(logits):
