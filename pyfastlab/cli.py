@@ -34,7 +34,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import run_checks
+    from .checks import run_checks
 
     results = run_checks(seed=args.seed)
     table = Table(title="pyfastlab check: every backend against the reference (fresh random inputs)")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from typing import Any, Callable
 
 import torch
-
-FAMILY_MODULES = ("pyfastlab.bench.continual_cases",)
 
 
 @dataclasses.dataclass
@@ -47,9 +46,17 @@ def register(case: BenchCase) -> BenchCase:
     return case
 
 
+def _load_family_modules():
+    """Imports every pyfastlab.bench.<family>_cases module: importing one registers its cases."""
+    from . import __path__ as package_path
+
+    for info in pkgutil.iter_modules(package_path):
+        if info.name.endswith("_cases"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
 def all_cases(family: str | None = None, device: str | None = None) -> list[BenchCase]:
-    for module in FAMILY_MODULES:
-        importlib.import_module(module)
+    _load_family_modules()
     return [c for c in _CASES if (family is None or c.family == family) and (device is None or c.device == device)]
 
 

@@ -368,3 +368,18 @@ def test_torch_compile_fullgraph():
 
 def test_tolerance_table_covers_all_accepted_dtypes():
     assert set(TOLERANCES) == {torch.float64, torch.float32, torch.float16, torch.bfloat16}
+
+
+def test_bit_identical_whatever_the_thread_count():
+    """Rows are independent and the loss is summed in fixed blocks: 1 or 2 threads, same bits."""
+    logits, target, active, row_group, weight = make_case(2000, 333, 18)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(run("cpu", logits, target, active, row_group, weight))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -1,38 +1,17 @@
-"""`pyfastlab check`: every op on every available backend against the float64 reference, on
-fresh random inputs, forward and backward. What a user runs after installing on a new machine."""
+"""`pyfastlab check` cases of the continual family: each op against the float64 reference."""
 from __future__ import annotations
-
-import dataclasses
-import random
 
 import torch
 
-from . import ops
-from .ops import _backends
-from .reference import continual as reference
-
-TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: dict(atol=1e-9, rtol=1e-9)}
-
-
-@dataclasses.dataclass
-class CheckResult:
-    op: str
-    backend: str
-    device: str
-    dtype: str
-    forward_ok: bool
-    backward_ok: bool
-    detail: str = ""
+from .. import ops
+from ..reference import continual as reference
+from . import close, register
 
 
 def _masks(n_rows, n_classes, gen, device):
     active = torch.rand(4, n_classes, generator=gen) > 0.3
     row_group = torch.randint(-1, 4, (n_rows,), generator=gen)
     return active.to(device), row_group.to(device)
-
-
-def _close(a, b, dtype):
-    return torch.allclose(a.double().cpu(), b.double().cpu(), equal_nan=True, **TOLERANCE[dtype])
 
 
 def _check_cross_entropy(backend, device, dtype, gen):
@@ -52,7 +31,7 @@ def _check_cross_entropy(backend, device, dtype, gen):
 
     got = run(lambda *a, **k: ops.masked_cross_entropy(*a, backend=backend, **k), logits)
     want = run(reference.masked_cross_entropy, logits.double())
-    return _close(got[0], want[0], dtype), _close(got[1], want[1], dtype)
+    return close(got[0], want[0], dtype), close(got[1], want[1], dtype)
 
 
 def _check_softmax(backend, device, dtype, gen):
@@ -70,7 +49,7 @@ def _check_softmax(backend, device, dtype, gen):
 
         got = run(lambda *a, **k: ops.masked_softmax(*a, backend=backend, **k), logits)
         want = run(reference.masked_softmax, logits.double())
-        ok = [ok[0] and _close(got[0], want[0], dtype), ok[1] and _close(got[1], want[1], dtype)]
+        ok = [ok[0] and close(got[0], want[0], dtype), ok[1] and close(got[1], want[1], dtype)]
     return tuple(ok)
 
 
@@ -83,25 +62,6 @@ def _check_pgd(backend, device, dtype, gen):
     return torch.equal(got, want), True  # no backward: the step is not differentiable
 
 
-CHECKS = {"masked_cross_entropy": _check_cross_entropy, "masked_softmax": _check_softmax,
-          "pgd_linf_step_": _check_pgd}
-
-
-def run_checks(seed: int | None = None) -> list[CheckResult]:
-    seed = random.randrange(2**31) if seed is None else seed
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results = []
-    for op, check in CHECKS.items():
-        for device in devices:
-            for backend in _backends.available(device):
-                for dtype in (torch.float32, torch.float64):
-                    gen = torch.Generator().manual_seed(seed)
-                    try:
-                        fwd, bwd = check(backend, device, dtype, gen)
-                        detail = f"seed {seed}"
-                    except Exception as exc:  # reported as a failure, with the reason
-                        fwd = bwd = False
-                        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-                    results.append(CheckResult(op, backend, device.type, str(dtype).replace("torch.", ""), fwd, bwd,
-                                               detail))
-    return results
+register("masked_cross_entropy", _check_cross_entropy)
+register("masked_softmax", _check_softmax)
+register("pgd_linf_step_", _check_pgd)
