@@ -22,7 +22,7 @@ PY
 start=$(date +%s)
 python3 -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_CUDA_ARCHS="$PFL_CUDA_ARCHS" . \
   >"$OUT/build.log" 2>&1 || { log "BUILD FAILED"; tail -n 60 "$OUT/build.log"; exit 1; }
-log "build: $(( $(date +%s) - start )) s; $(grep -h 'pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
+log "build: $(( $(date +%s) - start )) s; $(grep -h -- '-- pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
 
 cd tests
 python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable . ../bench \
