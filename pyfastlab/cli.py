@@ -64,7 +64,7 @@ def cmd_bench(args) -> int:
         console.print("[red]no benchmark case matches[/]")
         return 1
     scale = 1 / 16 if args.quick else 1.0
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (3 if args.quick else 9)
     warmup = 1 if args.quick else 2
     copy_bytes = (2**28 if args.quick else 2**30)
     copy_bps = {d: copy_bandwidth(d, copy_bytes) for d in devices}

@@ -3,6 +3,7 @@ measured in one run, since the machines are shared and noisy."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 
@@ -37,17 +38,18 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+def _timed(fn, device: str) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def time_call(fn, device: str, rounds: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    return [_timed(fn, device) for _ in range(rounds)]
 
 
 def copy_bandwidth(device: str, n_bytes: int, rounds: int = 5) -> float:
@@ -86,13 +88,14 @@ def peak_extra_bytes(fn, device: str) -> int:
 
 def run_case(case: BenchCase, *, scale: float, rounds: int, warmup: int, copy_bps: float | None,
              measure_memory: bool = True) -> list[Result]:
-    results = []
+    results, timed = [], []
     expected = None
     for impl in case.implementations():
         inputs = case.make_inputs(scale)
         res = Result(case=case.name, op=case.op, label=case.label, device=case.device,
                      dtype=str(case.dtype).replace("torch.", ""), implementation=impl.name, kind=impl.kind,
                      target=case.target)
+        results.append(res)
         try:
             start = time.perf_counter()
             out = impl.run(inputs)
@@ -102,18 +105,26 @@ def run_case(case: BenchCase, *, scale: float, rounds: int, warmup: int, copy_bp
                 expected = tuple(t.clone() for t in out)  # the eager baseline comes first
             else:
                 res.error = compare(out, expected, case.tolerance)
-            times = time_call(lambda: impl.run(inputs), case.device, rounds, warmup)
-            res.median_ms = 1e3 * statistics.median(times)
-            seconds = res.median_ms / 1e3
-            res.gbps = case.bytes_moved(inputs) / seconds / 1e9
-            res.gflops = case.flops(inputs) / seconds / 1e9
-            if copy_bps:
-                res.copy_fraction = case.bytes_moved(inputs) / seconds / copy_bps
-            if measure_memory:
-                res.peak_extra_units = peak_extra_bytes(lambda: impl.run(inputs), case.device) / case.unit_bytes(inputs)
+            warm = time_call(lambda: impl.run(inputs), case.device, max(warmup, 1), 0)
+            # Calls per timed burst: bursts of >= 2 ms keep tiny cases out of timer and wake-up noise.
+            burst = max(1, min(100, math.ceil(2e-3 / max(min(warm), 1e-7))))
+            timed.append((res, impl, inputs, burst, []))
         except Exception as exc:  # a failing implementation is reported, not fatal
             res.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        results.append(res)
+    # Rounds are interleaved (each round times one burst of every implementation), so a change in
+    # the machine's load during the case hits all of them alike.
+    for _ in range(rounds):
+        for res, impl, inputs, burst, times in timed:
+            times.append(_timed(lambda: [impl.run(inputs) for _ in range(burst)], case.device) / burst)
+    for res, impl, inputs, _, times in timed:
+        seconds = statistics.median(times)
+        res.median_ms = 1e3 * seconds
+        res.gbps = case.bytes_moved(inputs) / seconds / 1e9
+        res.gflops = case.flops(inputs) / seconds / 1e9
+        if copy_bps:
+            res.copy_fraction = case.bytes_moved(inputs) / seconds / copy_bps
+        if measure_memory:
+            res.peak_extra_units = peak_extra_bytes(lambda: impl.run(inputs), case.device) / case.unit_bytes(inputs)
     by_name = {r.implementation: r for r in results}
     for r in results:
         if r.median_ms:
