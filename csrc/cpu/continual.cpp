@@ -190,12 +190,7 @@ at::Tensor masked_softmax_backward_cpu(const at::Tensor& grad_out, const at::Ten
 
 void pgd_linf_step_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean, double eps,
                        double step_size, double lo, double hi) {
-  constexpr const char* op = "pgd_linf_step_";
-  TORCH_CHECK_VALUE(at::isFloatingType(x_adv.scalar_type()), op, ": x_adv must be floating, got ", x_adv.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == x_adv.sizes() && x_clean.sizes() == x_adv.sizes(), op,
-                    ": grad and x_clean must have the shape of x_adv ", x_adv.sizes());
-  TORCH_CHECK_VALUE(grad.scalar_type() == x_adv.scalar_type() && x_clean.scalar_type() == x_adv.scalar_type(), op,
-                    ": grad and x_clean must have the dtype of x_adv (", x_adv.scalar_type(), ")");
+  check_pgd_args(x_adv, grad, x_clean);
   at::Tensor x = x_adv;
   kernels().pgd_step(x, grad, x_clean, eps, step_size, lo, hi);
 }

@@ -312,20 +312,6 @@ void softmax_backward(const SoftmaxArgs& a) {
   });
 }
 
-// NaN-propagating max / min, the order of torch.maximum / torch.minimum.
-template <typename T>
-inline T nan_max(T a, T b) { return (std::isnan(a) || std::isnan(b)) ? a + b : (a > b ? a : b); }
-template <typename T>
-inline T nan_min(T a, T b) { return (std::isnan(a) || std::isnan(b)) ? a + b : (a < b ? a : b); }
-
-// t = x + a * sign(g); u = min(max(t, x0 - eps), x0 + eps); clamp(u, lo, hi): the eager chain.
-template <typename opmath_t>
-inline opmath_t pgd_scalar(opmath_t x, opmath_t g, opmath_t x0, opmath_t a, opmath_t e, opmath_t l, opmath_t h) {
-  const opmath_t s = std::isnan(g) ? g : opmath_t((g > 0) - (g < 0));
-  const opmath_t u = nan_min(nan_max(x + a * s, x0 - e), x0 + e);
-  return std::isnan(u) ? u : std::min(std::max(u, l), h);
-}
-
 template <typename scalar_t>
 void pgd_step_typed(at::TensorIteratorBase& iter, double eps, double step_size, double lo, double hi) {
   using opmath_t = at::opmath_type<scalar_t>;

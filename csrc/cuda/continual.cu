@@ -714,19 +714,8 @@ struct PgdOp {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t a, e, l, h;
 
-  static __device__ __forceinline__ opmath_t nan_max(opmath_t u, opmath_t v) {
-    return (isnan(u) || isnan(v)) ? u + v : (u > v ? u : v);
-  }
-  static __device__ __forceinline__ opmath_t nan_min(opmath_t u, opmath_t v) {
-    return (isnan(u) || isnan(v)) ? u + v : (u < v ? u : v);
-  }
-  __device__ __forceinline__ scalar_t operator()(scalar_t xs, scalar_t gs, scalar_t x0s) const {
-    const opmath_t x = static_cast<opmath_t>(xs), g = static_cast<opmath_t>(gs), x0 = static_cast<opmath_t>(x0s);
-    const opmath_t s = isnan(g) ? g : opmath_t((g > 0) - (g < 0));
-    const opmath_t u = nan_min(nan_max(x + a * s, x0 - e), x0 + e);  // a * s is exact: fma or not, same bits
-    if (isnan(u)) return static_cast<scalar_t>(u);
-    const opmath_t lo_clamped = u < l ? l : u;  // std::max(u, l)
-    return static_cast<scalar_t>(h < lo_clamped ? h : lo_clamped);  // std::min(., h)
+  __device__ __forceinline__ scalar_t operator()(scalar_t x, scalar_t g, scalar_t x0) const {
+    return static_cast<scalar_t>(pgd_scalar<opmath_t>(x, g, x0, a, e, l, h));
   }
 };
 
@@ -755,15 +744,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 
 void pgd_linf_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean, double eps,
                         double step_size, double lo, double hi) {
-  constexpr const char* op = "pgd_linf_step_";
-  TORCH_CHECK_VALUE(at::isFloatingType(x_adv.scalar_type()), op, ": x_adv must be floating, got ", x_adv.scalar_type());
-  TORCH_CHECK_VALUE(x_adv.is_cuda(), op, ": x_adv must be a CUDA tensor here, got ", x_adv.device());
-  TORCH_CHECK_VALUE(grad.sizes() == x_adv.sizes() && x_clean.sizes() == x_adv.sizes(), op,
-                    ": grad and x_clean must have the shape of x_adv ", x_adv.sizes());
-  TORCH_CHECK_VALUE(grad.scalar_type() == x_adv.scalar_type() && x_clean.scalar_type() == x_adv.scalar_type(), op,
-                    ": grad and x_clean must have the dtype of x_adv (", x_adv.scalar_type(), ")");
-  TORCH_CHECK_VALUE(grad.device() == x_adv.device() && x_clean.device() == x_adv.device(), op,
-                    ": grad and x_clean must be on the device of x_adv (", x_adv.device(), ")");
+  check_pgd_args(x_adv, grad, x_clean);
+  TORCH_CHECK_VALUE(x_adv.is_cuda(), "pgd_linf_step_: x_adv must be a CUDA tensor here, got ", x_adv.device());
   const c10::cuda::CUDAGuard guard(x_adv.device());
   // Written through TensorIterator's offset calculator rather than gpu_kernel (Loops.cuh): that
   // header needs nvcc's --extended-lambda, which this build does not pass.

@@ -86,6 +86,38 @@ struct ContiguousMask {
   }
 };
 
+// Shape and dtype checks of pgd_linf_step_ (the Python wrapper checks the scalars).
+inline void check_pgd_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean) {
+  constexpr const char* op = "pgd_linf_step_";
+  TORCH_CHECK_VALUE(at::isFloatingType(x_adv.scalar_type()), op, ": x_adv must be floating, got ", x_adv.scalar_type());
+  TORCH_CHECK_VALUE(grad.sizes() == x_adv.sizes() && x_clean.sizes() == x_adv.sizes(), op,
+                    ": grad and x_clean must have the shape of x_adv ", x_adv.sizes());
+  TORCH_CHECK_VALUE(grad.scalar_type() == x_adv.scalar_type() && x_clean.scalar_type() == x_adv.scalar_type(), op,
+                    ": grad and x_clean must have the dtype of x_adv (", x_adv.scalar_type(), ")");
+  TORCH_CHECK_VALUE(grad.device() == x_adv.device() && x_clean.device() == x_adv.device(), op,
+                    ": grad and x_clean must be on the device of x_adv (", x_adv.device(), ")");
+}
+
+// The eager chain of one PGD step in opmath: t = x + a * sign(g) (sign(NaN) = NaN),
+// u = min(max(t, x0 - e), x0 + e) NaN-propagating, then clamp(u, l, h). a * sign(g) is exact, so
+// the result has the eager chain's bits whether or not the compiler contracts to an fma.
+template <typename T>
+C10_HOST_DEVICE inline T nan_max(T u, T v) {
+  return (u != u || v != v) ? u + v : (u > v ? u : v);
+}
+template <typename T>
+C10_HOST_DEVICE inline T nan_min(T u, T v) {
+  return (u != u || v != v) ? u + v : (u < v ? u : v);
+}
+template <typename T>
+C10_HOST_DEVICE inline T pgd_scalar(T x, T g, T x0, T a, T e, T l, T h) {
+  const T s = g != g ? g : T((g > T(0)) - (g < T(0)));
+  const T u = nan_min(nan_max(x + a * s, x0 - e), x0 + e);
+  if (u != u) return u;
+  const T lo_clamped = u < l ? l : u;
+  return h < lo_clamped ? h : lo_clamped;
+}
+
 inline void check_scalars(double mask_value, double offset, int64_t mode, const char* op) {
   TORCH_CHECK_VALUE(mode == kConst || mode == kDetach, op, ": mode must be 0 (const) or 1 (detach)");
   TORCH_CHECK_VALUE(!std::isnan(mask_value) && mask_value != INFINITY, op,
