@@ -135,12 +135,14 @@ def _online_update(M, S, v):
 
 
 @triton.jit
-def _entry_scale(a, sn, so, DETACH: tl.constexpr):
-    """Gradient multiplier: s_n (active), s_o (detach-masked), 0 (const-masked)."""
+def _apply_scale(x, a, sn, so, DETACH: tl.constexpr):
+    """x times its gradient multiplier: s_n (active), s_o (detach-masked), 0 (const-masked). A zero
+    multiplier selects 0 rather than multiplying: a stopped gradient stays 0 in a NaN row."""
     if DETACH:
-        return tl.where(a, sn, so)
+        masked = tl.where(so == 0.0, 0.0, x * so)
     else:
-        return tl.where(a, sn, 0.0)
+        masked = 0.0
+    return tl.where(a, tl.where(sn == 0.0, 0.0, x * sn), masked)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,9 +190,9 @@ def _ce_fwd_fused(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, co
         else:
             coef = w
         inv = coef / S
-        gr = e * inv[:, None] * _entry_scale(a, sn, so, DETACH)
+        gr = _apply_scale(e * inv[:, None], a, sn, so, DETACH)
         # p_y - 1 in opmath before rounding (no cancellation in reduced precision).
-        gy = (ey / S - 1.0) * coef * sn
+        gy = tl.where(sn == 0.0, 0.0, (ey / S - 1.0) * coef * sn)
         gr = tl.where(is_y, gy[:, None], gr)
         gr = tl.where(counted[:, None], gr, 0.0)
         tl.store(g_ptr + rows[:, None] * C + cols[None, :], gr,
@@ -245,13 +247,13 @@ def _ce_fwd_looped(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, c
         else:
             coef = w
         inv = coef / S
-        gy = (tl.exp(zy - Ms) / S - 1.0) * coef * sn
+        gy = tl.where(sn == 0.0, 0.0, (tl.exp(zy - Ms) / S - 1.0) * coef * sn)
         # Pass 2: the gradient row.
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             cmask = cols < C
             v, a = _load_v(z_ptr, z_stride, act_ptr, g, rows, cols, rmask, cmask, C, m, d, GMODE, DETACH, ACC)
-            gr = tl.exp(v - Ms[:, None]) * inv[:, None] * _entry_scale(a, sn, so, DETACH)
+            gr = _apply_scale(tl.exp(v - Ms[:, None]) * inv[:, None], a, sn, so, DETACH)
             gr = tl.where(cols[None, :] == y[:, None], gy[:, None], gr)
             gr = tl.where(counted[:, None], gr, 0.0)
             tl.store(g_ptr + rows[:, None] * C + cols[None, :], gr, mask=rmask[:, None] & cmask[None, :])
@@ -362,9 +364,9 @@ def _softmax_bwd_stats(y_ptr, gb_ptr, rows, cols, rmask, cmask, C, LOG: tl.const
 @triton.jit
 def _softmax_bwd_tile(y, gb, dot, a, sn, so, DETACH: tl.constexpr, LOG: tl.constexpr):
     if LOG:
-        return _entry_scale(a, sn, so, DETACH) * (gb - tl.exp(y) * dot[:, None])
+        return _apply_scale(gb - tl.exp(y) * dot[:, None], a, sn, so, DETACH)
     else:
-        return _entry_scale(a, sn, so, DETACH) * (y * (gb - dot[:, None]))
+        return _apply_scale(y * (gb - dot[:, None]), a, sn, so, DETACH)
 
 
 @triton.jit(do_not_specialize=["so_bits", "sn_bits"])

@@ -51,10 +51,15 @@ class RowMask {
     opmath_t ones;
     std::memset(&ones, 0xff, sizeof(ones));
     for (int64_t k = 0; k < C_; ++k) bits_[k] = arow[k] ? ones : opmath_t(0);
+    constexpr int64_t kLanes = Vectorized<opmath_t>::size();
+    all_masked_.assign(C_ / kLanes, 1);
+    for (int64_t k = 0; k < C_ / kLanes * kLanes; ++k) all_masked_[k / kLanes] &= !arow[k];
     group_ = g;
   }
   const bool* arow = nullptr;
   const opmath_t* bits() const { return bits_.data(); }
+  // Whether every lane of the j-th full vector of the row is masked.
+  bool vector_masked(int64_t j) const { return arow != nullptr && all_masked_[j]; }
   // A mask that keeps every class.
   static const RowMask& none() {
     static const MaskView all_active;
@@ -67,6 +72,7 @@ class RowMask {
   int64_t C_;
   int64_t group_ = -1;
   std::vector<opmath_t> bits_;
+  std::vector<uint8_t> all_masked_;
 };
 
 // v_k = z_k (active) | m (const-masked) | z_k + d (detach-masked), in opmath.
@@ -100,33 +106,45 @@ inline opmath_t build_row(const scalar_t* z, const RowMask<opmath_t>& mask, int6
   return (std::isnan(head_max) || std::isnan(tail_max)) ? head_max + tail_max : std::max(head_max, tail_max);
 }
 
-// out_k = v_k * (active ? a : b), rounded once to scalar_t.
+// out_k = v_k * c * (active ? a : b), rounded once to scalar_t. A zero scale a or b selects 0
+// rather than multiplying: a stopped gradient stays 0 next to a NaN or inf.
 template <typename scalar_t, typename opmath_t>
-inline void scale_row(const opmath_t* v, const RowMask<opmath_t>& mask, int64_t C, opmath_t a, opmath_t b,
-                      scalar_t* out) {
+inline void scale_row(const opmath_t* v, const RowMask<opmath_t>& mask, int64_t C, opmath_t c, opmath_t a,
+                      opmath_t b, scalar_t* out) {
   using Vec = Vectorized<opmath_t>;
   const bool* arow = mask.arow;
+  const opmath_t ca = c * a, cb = c * b;
   int64_t k = 0;
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    const Vec va(a), vb(b);
+    const Vec vca(ca), vcb(cb);
     const opmath_t* bits = mask.bits();
     for (; k + Vec::size() <= C; k += Vec::size()) {
-      const Vec s = arow ? Vec::blendv(vb, va, Vec::loadu(bits + k)) : va;
-      (Vec::loadu(v + k) * s).store(out + k);
+      const Vec x = Vec::loadu(v + k);
+      Vec y = a == opmath_t(0) ? Vec(0) : x * vca;
+      if (arow != nullptr) y = Vec::blendv(b == opmath_t(0) ? Vec(0) : x * vcb, y, Vec::loadu(bits + k));
+      y.store(out + k);
     }
   }
-  for (; k < C; ++k) out[k] = static_cast<scalar_t>(v[k] * ((arow == nullptr || arow[k]) ? a : b));
+  for (; k < C; ++k) {
+    const bool active = arow == nullptr || arow[k];
+    const opmath_t s = active ? a : b;
+    out[k] = static_cast<scalar_t>(s == opmath_t(0) ? opmath_t(0) : v[k] * (active ? ca : cb));
+  }
 }
 
 // sum_k exp(v_k - M) with a fixed lane order; with kStore, v_k is replaced by exp(v_k - M).
+// With const_mask (const mode: every masked entry holds m), vectors whose lanes are all masked
+// take exp(m - M) once per row instead of one exp per entry.
 template <typename opmath_t, bool kStore>
-inline opmath_t exp_sum(opmath_t* v, int64_t C, opmath_t M) {
+inline opmath_t exp_sum(opmath_t* v, int64_t C, opmath_t M, const RowMask<opmath_t>* const_mask, opmath_t m) {
   using Vec = Vectorized<opmath_t>;
   const Vec vM(M);
+  const bool skip = const_mask != nullptr && const_mask->arow != nullptr;
+  const Vec e_masked = skip ? (Vec(m) - vM).exp() : Vec(0);
   Vec acc(0);
   int64_t k = 0;
   for (; k + Vec::size() <= C; k += Vec::size()) {
-    const Vec e = (Vec::loadu(v + k) - vM).exp();
+    const Vec e = skip && const_mask->vector_masked(k / Vec::size()) ? e_masked : (Vec::loadu(v + k) - vM).exp();
     if constexpr (kStore) e.store(v + k);
     acc = acc + e;
   }
@@ -194,7 +212,7 @@ void cross_entropy(const CrossEntropyArgs& a) {
           continue;
         }
         const opmath_t zy = v[y];
-        const opmath_t S = exp_sum<opmath_t, true>(v, C, M);
+        const opmath_t S = exp_sum<opmath_t, true>(v, C, M, a.detach ? nullptr : &row_mask, m);
         const opmath_t l = M + std::log(S) - zy;
         const opmath_t w = w_ptr ? w_ptr[i] : opmath_t(1);
         counted_ptr[i] = true;
@@ -203,9 +221,9 @@ void cross_entropy(const CrossEntropyArgs& a) {
         if (g == nullptr) continue;
         const opmath_t coef = w * mean_coef;
         const opmath_t inv = coef / S;
-        scale_row(v, row_mask, C, inv * scale.active, inv * scale.masked, g);
+        scale_row(v, row_mask, C, inv, scale.active, scale.masked, g);
         // p_y - 1 in opmath before rounding: no cancellation in reduced precision.
-        g[y] = static_cast<scalar_t>((v[y] / S - opmath_t(1)) * coef * scale.active);
+        if (scale.active != opmath_t(0)) g[y] = static_cast<scalar_t>((v[y] / S - opmath_t(1)) * coef * scale.active);
       }
     });
   });
@@ -251,11 +269,11 @@ void softmax_forward(const SoftmaxArgs& a) {
           continue;
         }
         if (a.log) {
-          const opmath_t lse = M + std::log(exp_sum<opmath_t, false>(v, C, M));
+          const opmath_t lse = M + std::log(exp_sum<opmath_t, false>(v, C, M, a.detach ? nullptr : &row_mask, m));
           shift_row(v, C, -lse, o);
         } else {
-          const opmath_t inv = opmath_t(1) / exp_sum<opmath_t, true>(v, C, M);
-          scale_row(v, RowMask<opmath_t>::none(), C, inv, inv, o);
+          const opmath_t inv = opmath_t(1) / exp_sum<opmath_t, true>(v, C, M, a.detach ? nullptr : &row_mask, m);
+          scale_row(v, RowMask<opmath_t>::none(), C, inv, opmath_t(1), opmath_t(1), o);
         }
       }
     });
@@ -306,7 +324,7 @@ void softmax_backward(const SoftmaxArgs& a) {
           at::vec::map2([=](Vec yk, Vec gk) { return yk * (gk - vdot); }, dv, yv, gv, C);
         }
         row_mask.select(i);
-        scale_row(dv, row_mask, C, scale.active, scale.masked, dzi);
+        scale_row(dv, row_mask, C, opmath_t(1), scale.active, scale.masked, dzi);
       }
     });
   });

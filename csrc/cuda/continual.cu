@@ -246,17 +246,15 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
-    const opmath_t inv_active = inv * p.scale_active;
-    // Entries are multiplied by their scale, never selected: a NaN row stays NaN everywhere, as on the CPU.
+    // A zero scale selects 0 rather than multiplying: a stopped gradient stays 0 in a NaN row.
     for (int64_t k = tid; k < p.C; k += kRowThreads) {
-      const opmath_t e = exp_op(masked_value(z, st.arow, k, p.detach, p.mask_value, p.offset) - M);
-      opmath_t gk;
-      if (k == st.y)  // p_y - 1 in opmath before rounding: no cancellation in half types
-        gk = (e / S - opmath_t(1)) * coef * p.scale_active;
-      else if (st.arow == nullptr)
-        gk = e * inv_active;
-      else
-        gk = e * inv * (st.arow[k] ? p.scale_active : p.scale_masked);
+      const opmath_t scale = (st.arow == nullptr || st.arow[k]) ? p.scale_active : p.scale_masked;
+      opmath_t gk = 0;
+      if (scale != opmath_t(0)) {
+        const opmath_t e = exp_op(masked_value(z, st.arow, k, p.detach, p.mask_value, p.offset) - M);
+        // p_y - 1 in opmath before rounding: no cancellation in half types
+        gk = k == st.y ? (e / S - opmath_t(1)) * coef * scale : e * inv * scale;
+      }
       g[k] = static_cast<scalar_t>(gk);
     }
   }
@@ -616,7 +614,7 @@ __global__ void __launch_bounds__(kBlockThreads) softmax_backward_kernel(const S
       const opmath_t scale = (arow == nullptr || arow[k]) ? p.scale_active : p.scale_masked;
       const opmath_t yk = static_cast<opmath_t>(y[k]), gk = static_cast<opmath_t>(gb[k]);
       const opmath_t dv = p.log ? gk - exp_op(yk) * dot : yk * (gk - dot);
-      dz[k] = static_cast<scalar_t>(scale * dv);
+      dz[k] = static_cast<scalar_t>(scale == opmath_t(0) ? opmath_t(0) : scale * dv);  // zero scale: select 0
     }
   }
 }

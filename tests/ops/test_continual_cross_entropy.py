@@ -233,6 +233,21 @@ def test_edge_cases(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("mode", ["const", "detach"])
+def test_stopped_gradients_stay_zero_in_a_nan_row(backend, device, mode):
+    """A NaN active logit makes its row's loss and active gradients NaN; masked entries with a
+    zero gradient scale stay exactly 0 (a stop-gradient, as in the reference)."""
+    z = torch.tensor([[0.5, float("nan"), 1.0, -2.0]], dtype=torch.float64, device=device)
+    active = torch.tensor([True, True, False, False], device=device)
+    loss, grad, _ = run(backend, z, torch.tensor([0], device=device), active, None, mode=mode)
+    want = oracle(z, torch.tensor([0], device=device), active, None, mode=mode)
+    assert torch.isnan(loss) and torch.isnan(want[0])
+    assert torch.isnan(grad[0, :2]).all()
+    assert torch.equal(grad[0, 2:].cpu(), torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(want[1][0, 2:].cpu(), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_no_grad_paths(backend, device):
     """Item 9: logits without requires_grad still give the right loss; weight alone gets a gradient."""
     logits, target, active, row_group, weight = make_case(7, 11, 12, dtype=torch.float64, device=device)

@@ -85,6 +85,19 @@ def test_dead_rows_have_zero_gradient(backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("log", [False, True])
+def test_stopped_gradients_stay_zero_under_nan_upstream(backend, device, log):
+    logits, active, _, upstream = make_case(3, 9, 10, "NC", torch.float64, device)
+    active[:, 0] = True
+    active[:, 1] = False
+    upstream[:, 1] = float("nan")  # a NaN upstream on a const-masked entry
+    got = run(backend, logits, active, None, upstream, log=log)
+    want = run("reference", logits, active, None, upstream, log=log)
+    assert torch.equal(got[1][~active], torch.zeros_like(got[1][~active]))
+    assert torch.equal(want[1][~active], torch.zeros_like(want[1][~active]))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("log", [False, True])
 def test_gradcheck(backend, device, log):
     logits, active, row_group, _ = make_case(4, 6, 4, "GC", torch.float64, device)
     z = logits.clone().requires_grad_(True)
