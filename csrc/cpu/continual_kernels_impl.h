@@ -318,12 +318,21 @@ void softmax_backward(const SoftmaxArgs& a) {
           continue;
         }
         const Vec vdot(dot);
+        row_mask.select(i);
         if (log) {  // dv = gbar - exp(y) * sum(gbar)
-          at::vec::map2([=](Vec yk, Vec gk) { return gk - yk.exp() * vdot; }, dv, yv, gv, C);
+          // Entries whose scale is 0 are dropped by scale_row: no exp for vectors made only of them.
+          const bool skip_masked = scale.masked == opmath_t(0);
+          int64_t k = 0;
+          for (; k + Vec::size() <= C; k += Vec::size()) {
+            const Vec d = skip_masked && row_mask.vector_masked(k / Vec::size())
+                              ? Vec(0)
+                              : Vec::loadu(gv + k) - Vec::loadu(yv + k).exp() * vdot;
+            d.store(dv + k);
+          }
+          at::vec::map2([=](Vec yk, Vec gk) { return gk - yk.exp() * vdot; }, dv + k, yv + k, gv + k, C - k);
         } else {  // dv = y * (gbar - sum(gbar * y))
           at::vec::map2([=](Vec yk, Vec gk) { return yk * (gk - vdot); }, dv, yv, gv, C);
         }
-        row_mask.select(i);
         scale_row(dv, row_mask, C, opmath_t(1), scale.active, scale.masked, dzi);
       }
     });
