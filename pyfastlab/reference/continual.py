@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 
 class _ScaleGrad(torch.autograd.Function):
-    """Identity in the forward; multiplies the gradient by `scale` in the backward."""
+    """Identity in the forward; multiplies the gradient by `scale` in the backward (0 selects an
+    exact 0, never NaN * 0)."""
 
     @staticmethod
     def forward(ctx, x, scale):
@@ -20,14 +21,15 @@ class _ScaleGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * ctx.scale, None
+        return (torch.zeros_like(grad) if ctx.scale == 0 else grad * ctx.scale), None
 
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """sg_s of continual.md 5: the value of x, the gradient times scale (0: stop-gradient)."""
-    if scale == 0.0:
-        return x.detach()
-    return x if scale == 1.0 else _ScaleGrad.apply(x, scale)
+    """sg_s of continual.md 5: the value of x, the gradient times scale (0: stop-gradient, but the
+    result stays in the graph, so a loss with every scale at 0 still has a zero gradient)."""
+    if scale == 1.0 or not x.requires_grad:
+        return x
+    return _ScaleGrad.apply(x, scale)
 
 
 def resolve_mask(active, row_group, n_rows: int, n_classes: int, device) -> torch.Tensor:
