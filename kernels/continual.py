@@ -148,6 +148,31 @@ def _apply_scale(x, a, sn, so, DETACH: tl.constexpr):
 # ------------------------------------------------------------------------------------------------
 # masked cross-entropy forward (+ gradient for upstream 1)
 # ------------------------------------------------------------------------------------------------
+@triton.jit
+def _ce_store_rows(l, valid, dead, rows, rmask, w_ptr, loss_ptr, out_ptr, counted_ptr,
+                   HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """Stores each row's loss, weighted loss and counted flag (0, 0, False when not counted);
+    returns (counted, w)."""
+    counted = valid & (dead == 0) & rmask
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    else:
+        w = tl.zeros_like(l) + 1.0
+    tl.store(loss_ptr + rows, tl.where(counted, l, 0.0), mask=rmask)
+    tl.store(out_ptr + rows, tl.where(counted, w * l, 0.0), mask=rmask)
+    tl.store(counted_ptr + rows, counted.to(tl.uint8), mask=rmask)
+    return counted, w
+
+
+@triton.jit
+def _grad_coef(w, coef_ptr, IS_MEAN: tl.constexpr, ACC: tl.constexpr):
+    """The gradient's row coefficient: w_i, over n_pre for the mean (read on device)."""
+    if IS_MEAN:
+        return w * tl.load(coef_ptr).to(ACC)
+    else:
+        return w
+
+
 @triton.jit(do_not_specialize=["m_bits", "d_bits", "so_bits", "sn_bits"])
 def _ce_fwd_fused(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, coef_ptr,
                   loss_ptr, out_ptr, counted_ptr, g_ptr,
@@ -173,22 +198,12 @@ def _ce_fwd_fused(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, co
     zy = tl.sum(tl.where(is_y, v, 0.0), 1)
     ey = tl.sum(tl.where(is_y, e, 0.0), 1)
     l = (M + tl.log(S)) - zy
-    counted = valid & (dead == 0) & rmask
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    else:
-        w = tl.full([ROWS], 1.0, ACC)
-    tl.store(loss_ptr + rows, tl.where(counted, l, 0.0), mask=rmask)
-    tl.store(out_ptr + rows, tl.where(counted, w * l, 0.0), mask=rmask)
-    tl.store(counted_ptr + rows, counted.to(tl.uint8), mask=rmask)
+    counted, w = _ce_store_rows(l, valid, dead, rows, rmask, w_ptr, loss_ptr, out_ptr, counted_ptr, HAS_WEIGHT, ACC)
 
     if WANT_GRAD:
         so = _decode(so_bits, ACC)
         sn = _decode(sn_bits, ACC)
-        if IS_MEAN:
-            coef = w * tl.load(coef_ptr).to(ACC)
-        else:
-            coef = w
+        coef = _grad_coef(w, coef_ptr, IS_MEAN, ACC)
         inv = coef / S
         gr = _apply_scale(e * inv[:, None], a, sn, so, DETACH)
         # p_y - 1 in opmath before rounding (no cancellation in reduced precision).
@@ -230,22 +245,12 @@ def _ce_fwd_looped(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, c
     Ms = tl.where(M == float("-inf"), 0.0, M)
     dead = (M == float("-inf")) & (S == S)
     l = (M + tl.log(S)) - zy
-    counted = valid & (dead == 0) & rmask
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    else:
-        w = tl.full([1], 1.0, ACC)
-    tl.store(loss_ptr + rows, tl.where(counted, l, 0.0), mask=rmask)
-    tl.store(out_ptr + rows, tl.where(counted, w * l, 0.0), mask=rmask)
-    tl.store(counted_ptr + rows, counted.to(tl.uint8), mask=rmask)
+    counted, w = _ce_store_rows(l, valid, dead, rows, rmask, w_ptr, loss_ptr, out_ptr, counted_ptr, HAS_WEIGHT, ACC)
 
     if WANT_GRAD:
         so = _decode(so_bits, ACC)
         sn = _decode(sn_bits, ACC)
-        if IS_MEAN:
-            coef = w * tl.load(coef_ptr).to(ACC)
-        else:
-            coef = w
+        coef = _grad_coef(w, coef_ptr, IS_MEAN, ACC)
         inv = coef / S
         gy = tl.where(sn == 0.0, 0.0, (tl.exp(zy - Ms) / S - 1.0) * coef * sn)
         # Pass 2: the gradient row.
