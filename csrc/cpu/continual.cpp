@@ -35,17 +35,20 @@ void check_groups(const MaskView& mask, int64_t N, const char* op) {
   }
 }
 
-// Raises on a bad target and counts rows with a valid, active target (n_pre): the forward
+// Raises on a bad target or group and counts rows with a valid, active target (n_pre): the forward
 // scales the gradient by 1 / n_pre for the mean, the backward corrects by n_pre / n.
 int64_t count_valid_targets(const at::Tensor& target, const MaskView& mask, int64_t C, int64_t ignore_index) {
   const int64_t* y_ptr = target.const_data_ptr<int64_t>();
   int64_t n_pre = 0;
   for (int64_t i = 0; i < target.size(0); ++i) {
+    const int64_t g = mask.group_of(i);
+    TORCH_CHECK_VALUE(mask.group_ok(g), "masked_cross_entropy: row_group[", i, "] = ", g, " is outside [-1, ",
+                      mask.groups, ")");
     const int64_t y = y_ptr[i];
     if (y == ignore_index) continue;
     TORCH_CHECK_VALUE(y >= 0 && y < C, "masked_cross_entropy: target[", i, "] = ", y, " is outside [0, ", C,
                       ") and is not ignore_index (", ignore_index, ")");
-    const bool* arow = mask.row(mask.group_of(i));
+    const bool* arow = mask.row(g);
     n_pre += (arow == nullptr || arow[y]) ? 1 : 0;
   }
   return n_pre;
@@ -80,7 +83,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
                     target.sizes());
 
   const ContiguousMask mask(active, row_group);
-  check_groups(mask.view, N, op);
   CrossEntropyArgs args;
   args.logits = logits.contiguous();
   args.target = target.contiguous();

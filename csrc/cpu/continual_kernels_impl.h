@@ -365,12 +365,7 @@ void pgd_step_typed(at::TensorIteratorBase& iter, double eps, double step_size, 
 
 void pgd_step(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean, double eps, double step_size,
               double lo, double hi) {
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(x_adv)
-                  .add_const_input(x_adv)
-                  .add_const_input(grad)
-                  .add_const_input(x_clean)
-                  .build();
+  auto iter = pgd_iterator(x_adv, grad, x_clean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_linf_step_cpu",
                                   [&] { pgd_step_typed<scalar_t>(iter, eps, step_size, lo, hi); });
 }

@@ -747,12 +747,7 @@ void pgd_linf_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const a
   const c10::cuda::CUDAGuard guard(x_adv.device());
   // Written through TensorIterator's offset calculator rather than gpu_kernel (Loops.cuh): that
   // header needs nvcc's --extended-lambda, which this build does not pass.
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(x_adv)
-                  .add_const_input(x_adv)
-                  .add_const_input(grad)
-                  .add_const_input(x_clean)
-                  .build();
+  auto iter = pgd_iterator(x_adv, grad, x_clean);
   if (iter.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_linf_step_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;

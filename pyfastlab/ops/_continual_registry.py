@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._loader import has_compiled_ops
 
-_REDUCTION_NONE, _REDUCTION_SUM, _REDUCTION_MEAN = 0, 1, 2
+_REDUCTION_NONE, _REDUCTION_MEAN = 0, 2
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -201,11 +201,7 @@ if has_compiled_ops():  # fake kernels for ops that never loaded would crash the
                     "pyfastlab::masked_cross_entropy_backward", "pyfastlab::masked_softmax",
                     "pyfastlab::masked_softmax_backward", "pyfastlab::pgd_linf_step_")
 
-COMPILED = {
-    "masked_cross_entropy": "masked_cross_entropy",
-    "masked_softmax": "masked_softmax",
-    "pgd_linf_step_": "pgd_linf_step_",
-}
+# op name -> its Triton custom op (the compiled ops keep the public name)
 TRITON = {
     "masked_cross_entropy": "masked_cross_entropy_triton",
     "masked_softmax": "masked_softmax_triton",
@@ -215,5 +211,4 @@ TRITON = {
 
 def op_for(name: str, backend: str):
     """The torch.ops entry of op `name` for a compiled ("cpu"/"cuda") or "triton" backend."""
-    table = TRITON if backend == "triton" else COMPILED
-    return getattr(torch.ops.pyfastlab, table[name])
+    return getattr(torch.ops.pyfastlab, TRITON[name] if backend == "triton" else name)

@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the continual-learning ops: argument checks and the resolved-mask view.
 // Used by the CPU and the CUDA kernels alike, so both see the same contract.
+#include <ATen/TensorIterator.h>
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
@@ -96,6 +97,16 @@ inline void check_pgd_args(const at::Tensor& x_adv, const at::Tensor& grad, cons
                     ": grad and x_clean must have the dtype of x_adv (", x_adv.scalar_type(), ")");
   TORCH_CHECK_VALUE(grad.device() == x_adv.device() && x_clean.device() == x_adv.device(), op,
                     ": grad and x_clean must be on the device of x_adv (", x_adv.device(), ")");
+}
+
+// x_adv is written in place from (x_adv, grad, x_clean), any strides.
+inline at::TensorIterator pgd_iterator(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_clean) {
+  return at::TensorIteratorConfig()
+      .add_output(x_adv)
+      .add_const_input(x_adv)
+      .add_const_input(grad)
+      .add_const_input(x_clean)
+      .build();
 }
 
 // The eager chain of one PGD step in opmath: t = x + a * sign(g) (sign(NaN) = NaN),
