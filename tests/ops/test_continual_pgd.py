@@ -87,7 +87,8 @@ def test_bad_input(backend, device, kwargs, name):
     args = dict(x_adv=torch.rand(4, 3), grad=torch.randn(4, 3), x_clean=torch.rand(4, 3), eps=0.1, step_size=0.01,
                 backend=backend)
     args.update(kwargs)
-    args = {k: (v.to(device) if isinstance(v, torch.Tensor) and not v.requires_grad else v) for k, v in args.items()}
+    args = {k: (v.detach().to(device).requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+            for k, v in args.items()}
     with pytest.raises((ValueError, RuntimeError), match=name):
         ops.pgd_linf_step_(args.pop("x_adv"), args.pop("grad"), args.pop("x_clean"), **args)
 
