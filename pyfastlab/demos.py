@@ -1,7 +1,15 @@
-"""`pyfastlab demo FAMILY`: each family registers its example script's entry point here."""
+"""`pyfastlab demo FAMILY`: each family registers its example's entry point here."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
-# family -> main(argv) returning an exit code; the family issues add their demos.
-DEMOS: dict[str, Callable[[list[str]], int]] = {}
+# family -> module whose main(argv) runs the demo and returns an exit code (imported on use).
+_DEMO_MODULES = {"continual": "pyfastlab.continual.demo"}
+
+
+def _entry(module: str) -> Callable[[list[str]], int]:
+    return lambda argv: importlib.import_module(module).main(argv)
+
+
+DEMOS: dict[str, Callable[[list[str]], int]] = {family: _entry(m) for family, m in _DEMO_MODULES.items()}

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "pyfastlab/continual.h"
 
@@ -36,6 +37,11 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int64_t kWarpRowMaxC = 1024;  // up to this C a warp owns a row
 constexpr int kWarpRowBlock = 256;      // 8 warp-rows per block
 constexpr int kBlockRowThreads = 512;   // longer rows: one block each, several resident per SM
+// Vectorized long rows, 16-byte packs per thread: up to kResidentPacks the row stays in registers
+// (32 of them: 64 KB a row, two rows an SM); beyond, chunks of kStreamPacks stream through.
+constexpr int kResidentPacks = 8;
+constexpr int kStreamPacks = 8;
+constexpr int64_t kMaxVecC = (int64_t(1) << 31) - 1;  // int pack and column indices within a row
 constexpr int kReduceThreads = 512;     // the single-block count / finalize kernel
 constexpr int kElementwiseThreads = 256;
 constexpr int64_t kMaxGrid = int64_t(1) << 30;  // grid-stride loops cover any N beyond it
@@ -50,6 +56,7 @@ __host__ __device__ constexpr T qnan() {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+bool is_aligned(const void* ptr, int64_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 // exp(x), x mostly v - max <= 0. Float: exp2 with log2(e) folded in, the hardware's native
 // exponential; (v - M) * log2e rather than fma(v, log2e, -M * log2e), whose M * log2e overflows
@@ -199,7 +206,8 @@ struct CrossEntropyParams {
   opmath_t* row_out;                    // w_i l_i for sum / mean, else nullptr
   scalar_t* loss_none;                  // w_i l_i in logits dtype for none, else nullptr
   bool* counted;
-  scalar_t* grad;  // gradient for upstream 1, or nullptr
+  scalar_t* grad;   // gradient for upstream 1, or nullptr
+  bool mask_words;  // the vector kernel may read a pack's mask bytes as one word
 };
 
 template <int kRowThreads, int kBlockThreads, typename scalar_t>
@@ -256,6 +264,232 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
         gk = k == st.y ? (e / S - opmath_t(1)) * coef * scale : e * inv * scale;
       }
       g[k] = static_cast<scalar_t>(gk);
+    }
+  }
+}
+
+// ---- masked_cross_entropy, vectorized rows ----------------------------------------------------
+//
+// Rows of C > kWarpRowMaxC with C a multiple of the pack size and 16-byte aligned logits and
+// gradient. Thread t owns packs t, t + 512, ...; a chunk is kVecs of them per thread. Rows of at
+// most one chunk stay in registers from the first pass to the second; longer rows stream chunk
+// by chunk and re-read them for the gradient, from L2.
+
+// 16 bytes of a row: one load or store.
+template <typename scalar_t>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(scalar_t);
+  scalar_t v[kSize];
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ Pack<scalar_t> zero_pack() {
+  Pack<scalar_t> r;
+#pragma unroll
+  for (int j = 0; j < Pack<scalar_t>::kSize; ++j) r.v[j] = static_cast<scalar_t>(at::opmath_type<scalar_t>(0));
+  return r;
+}
+
+// max(a, b), NaN if either is: the CPU's NaN-propagating max, one instruction for float.
+__device__ __forceinline__ float nan_max(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return b > a || isnan(b) ? b : a;  // a NaN a stays
+#endif
+}
+__device__ __forceinline__ double nan_max(double a, double b) { return b > a || isnan(b) ? b : a; }
+
+// Folds a batch of values with max bmax (NaN if any is NaN) into a running (m, s): the one rescale
+// the batch needs; the caller then adds exp_op(v - m) for each value unless m = -inf. Value by
+// value this is online_add: a NaN sticks, a row of -inf stays (-inf, 0), and a +inf max leaves an
+// s the callers replace by NaN.
+template <typename T>
+__device__ __forceinline__ void raise_max(T& m, T& s, T bmax) {
+  if (bmax > m) {
+    s = s * exp_op(m - bmax);
+    m = bmax;
+  } else if (!(bmax <= m)) {
+    m = s = qnan<T>();
+  }
+}
+
+// A pack's mask as bits, bit j = class active (all set when the row has no mask). One load of its
+// kSize bools when the table allows it: rows start at g * C, a multiple of kSize.
+template <typename scalar_t>
+__device__ __forceinline__ unsigned pack_mask(const bool* arow, int64_t k, bool word_loads) {
+  constexpr int V = Pack<scalar_t>::kSize;
+  using Word = std::conditional_t<V == 8, uint64_t, std::conditional_t<V == 4, uint32_t, uint16_t>>;
+  if (arow == nullptr) return (1u << V) - 1;
+  unsigned bits = 0;
+  if (word_loads) {
+    const Word w = reinterpret_cast<const Word*>(arow)[k];
+#pragma unroll
+    for (int j = 0; j < V; ++j) bits |= unsigned(((w >> (8 * j)) & 0xff) != 0) << j;
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) bits |= unsigned(arow[k * V + j]) << j;
+  }
+  return bits;
+}
+
+// masked_value for element j of a pack.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ opmath_t pack_value(const Pack<scalar_t>& r, int j, unsigned bits,
+                                               const CrossEntropyParams<scalar_t>& p) {
+  const opmath_t x = static_cast<opmath_t>(r.v[j]);
+  if (bits >> j & 1) return x;
+  return p.detach ? x + p.offset : p.mask_value;
+}
+
+// The packs first, first + 512, ... (kVecs of them, those below nvec) of a row and their masks.
+// Pack indices are int: the host sends rows of 2^31 columns or more to the scalar kernel.
+template <int kVecs, typename scalar_t>
+struct RowChunk {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t>;
+  static constexpr int V = P::kSize;
+  static constexpr unsigned kAll = (1u << V) - 1;
+  using Bits = std::conditional_t<(kVecs * V > 32), uint64_t, uint32_t>;  // V bits a pack: registers are short
+  P raw[kVecs];
+  Bits bits;
+
+  __device__ __forceinline__ unsigned mask(int u) const { return unsigned(bits >> (u * V)) & kAll; }
+
+  // A pack with every class const-masked is not read: its values are m whatever z holds.
+  __device__ __forceinline__ void load(const P* __restrict__ z, const bool* arow, int first, int nvec,
+                                       const CrossEntropyParams<scalar_t>& p) {
+    bits = 0;
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int k = first + u * kBlockRowThreads;
+      const unsigned b = k < nvec ? pack_mask<scalar_t>(arow, k, p.mask_words) : 0;
+      bits |= Bits(b) << (u * V);
+      raw[u] = k < nvec && (b != 0 || p.detach) ? z[k] : zero_pack<scalar_t>();
+    }
+  }
+
+  // Pass 1: the chunk's max, then one exp per value against the merged max.
+  __device__ __forceinline__ void fold(opmath_t& m, opmath_t& s, int first, int nvec,
+                                       const CrossEntropyParams<scalar_t>& p) const {
+    opmath_t cmax = -inf<opmath_t>();
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      if (first + u * kBlockRowThreads >= nvec) break;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        cmax = nan_max(cmax, mask(u) == kAll ? static_cast<opmath_t>(raw[u].v[j]) : pack_value(raw[u], j, mask(u), p));
+    }
+    raise_max(m, s, cmax);
+    if (m == -inf<opmath_t>()) return;
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      if (first + u * kBlockRowThreads >= nvec) break;
+      opmath_t ps = 0;
+      if (mask(u) == kAll) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) ps += exp_op(static_cast<opmath_t>(raw[u].v[j]) - m);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) ps += exp_op(pack_value(raw[u], j, mask(u), p) - m);
+      }
+      s += ps;
+    }
+  }
+
+  // Pass 2: the gradient of each pack, the scalar kernel's formulas element by element.
+  __device__ __forceinline__ void store(P* __restrict__ g, int first, int nvec, opmath_t M, opmath_t S,
+                                        opmath_t inv, opmath_t coef, int y, const CrossEntropyParams<scalar_t>& p) const {
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int k = first + u * kBlockRowThreads;
+      if (k >= nvec) break;
+      const unsigned b = mask(u);
+      P out;
+      if (b == kAll) {
+        const opmath_t scale = p.scale_active;
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          out.v[j] = static_cast<scalar_t>(
+              scale == opmath_t(0) ? opmath_t(0) : exp_op(static_cast<opmath_t>(raw[u].v[j]) - M) * inv * scale);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const opmath_t scale = b >> j & 1 ? p.scale_active : p.scale_masked;
+          out.v[j] = static_cast<scalar_t>(
+              scale == opmath_t(0) ? opmath_t(0) : exp_op(pack_value(raw[u], j, b, p) - M) * inv * scale);
+        }
+      }
+      // The target is active, so v_y = z_y and its scale is s_n.
+      const int yoff = y - k * V;
+      if (yoff >= 0 && yoff < V && p.scale_active != opmath_t(0)) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          if (j != yoff) continue;
+          const opmath_t e = exp_op(static_cast<opmath_t>(raw[u].v[j]) - M);
+          // p_y - 1 in opmath before rounding: no cancellation in half types
+          out.v[j] = static_cast<scalar_t>((e / S - opmath_t(1)) * coef * p.scale_active);
+        }
+      }
+      g[k] = out;
+    }
+  }
+};
+
+// The scalar kernel's row logic (row status, not-counted rows, loss outputs) over packs.
+// kResident: nvec <= 512 * kVecs, so pass 1 loads the whole row into `c` and pass 2 reuses it.
+template <int kVecs, bool kResident, typename scalar_t>
+__global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(const CrossEntropyParams<scalar_t> p) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t>;
+  constexpr int kChunk = kBlockRowThreads * kVecs;
+  __shared__ opmath_t smem[2 * (kBlockRowThreads / kWarp + 1)];
+  const int tid = threadIdx.x;
+  const opmath_t mean_coef =
+      p.n_pre == nullptr ? opmath_t(1) : static_cast<opmath_t>(1.0 / static_cast<double>(*p.n_pre > 1 ? *p.n_pre : 1));
+  const int nvec = static_cast<int>(p.C / P::kSize);
+  for (int64_t i = blockIdx.x; i < p.N; i += gridDim.x) {
+    const P* __restrict__ z = reinterpret_cast<const P*>(p.logits + i * p.C);
+    P* __restrict__ g = p.grad == nullptr ? nullptr : reinterpret_cast<P*>(p.grad + i * p.C);
+    const RowStatus st = row_status(p.mask, p.target, i, p.C, p.ignore_index);
+    RowChunk<kVecs, scalar_t> c;
+    opmath_t M = -inf<opmath_t>(), S = 0;
+    if (st.valid) {  // uniform over the block, so the barriers inside are safe
+      for (int first = tid; first < nvec; first += kChunk) {
+        c.load(z, st.arow, first, nvec, p);
+        c.fold(M, S, first, nvec, p);
+      }
+      row_allreduce<kBlockRowThreads>(M, S, MaxSumOp{}, smem);
+    }
+    if (M == -inf<opmath_t>()) {  // ignored, masked or bad target, or every v = -inf: not counted
+      if (tid == 0) {
+        p.row_loss[i] = 0;
+        p.counted[i] = false;
+        if (p.row_out != nullptr) p.row_out[i] = 0;
+        if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(opmath_t(0));
+      }
+      if (g != nullptr)
+        for (int k = tid; k < nvec; k += kBlockRowThreads) g[k] = zero_pack<scalar_t>();
+      continue;
+    }
+    if (M == inf<opmath_t>()) S = qnan<opmath_t>();
+    const opmath_t lse = M + log_op(S);
+    const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
+    if (tid == 0) {
+      const opmath_t l = lse - static_cast<opmath_t>(p.logits[i * p.C + st.y]);  // v_y = z_y: the target is active
+      p.row_loss[i] = l;
+      p.counted[i] = true;
+      if (p.row_out != nullptr) p.row_out[i] = w * l;
+      if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(w * l);
+    }
+    if (g == nullptr) continue;
+    const opmath_t coef = w * mean_coef;
+    const opmath_t inv = coef / S;
+    for (int first = tid; first < nvec; first += kChunk) {
+      if constexpr (!kResident) c.load(z, st.arow, first, nvec, p);
+      c.store(g, first, nvec, M, S, inv, coef, static_cast<int>(st.y), p);
     }
   }
 }
@@ -421,10 +655,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
     p.grad = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const RowLaunch l = row_launch(N, C);
+    constexpr int V = Pack<scalar_t>::kSize;
+    // Mask rows start at g * C, so with C % V == 0 an aligned table keeps every pack's bools aligned.
+    p.mask_words = is_aligned(mask.active, V);
+    const int64_t packs_per_thread = ceil_div(C / V, kBlockRowThreads);
     if (l.warp_rows)
       cross_entropy_kernel<kWarp, kWarpRowBlock, scalar_t><<<l.blocks, kWarpRowBlock, 0, stream>>>(p);
-    else
+    else if (C % V != 0 || C > kMaxVecC || !is_aligned(p.logits, 16) || !is_aligned(p.grad, 16))
       cross_entropy_kernel<kBlockRowThreads, kBlockRowThreads, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+    else if (packs_per_thread <= 1)
+      cross_entropy_vec_kernel<1, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+    else if (packs_per_thread <= 2)
+      cross_entropy_vec_kernel<2, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+    else if (packs_per_thread <= 4)
+      cross_entropy_vec_kernel<4, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+    else if (packs_per_thread <= kResidentPacks)
+      cross_entropy_vec_kernel<kResidentPacks, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+    else
+      cross_entropy_vec_kernel<kStreamPacks, false, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     cp.count_targets = !prepass;
