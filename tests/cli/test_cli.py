@@ -46,3 +46,9 @@ def test_demo_of_unknown_family_fails_clearly():
 
 def test_bad_command_exits_non_zero():
     assert pyfastlab("frobnicate").returncode != 0
+
+
+def test_demo_continual_is_registered_and_documents_its_options():
+    proc = pyfastlab("demo", "continual", "--help")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--quick" in proc.stdout and "--buffer" in proc.stdout
