@@ -1,38 +1,9 @@
-"""pytest-benchmark cases of the continual family: one group per (op, shape, dtype, device)
-holding the eager reference, torch.compile(reference) and every pyfastlab backend.
-
-`make test` runs these once at N/16 with --benchmark-disable, as correctness smoke tests;
-`pytest bench/bench_continual.py` times them at full size.
-"""
+"""pytest-benchmark cases of the continual family (pyfastlab/bench/continual_cases.py)."""
 import pytest
-import torch
 
-from pyfastlab.bench import all_cases
-from pyfastlab.bench.registry import compare
+from pyfastlab.bench import pytest_cases
 
 
-def _params():
-    params = []
-    for case in all_cases("continual"):
-        marks = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")] \
-            if case.device == "cuda" else []
-        names = ["eager", "compiled"] + [b for b in ("cpu", "cuda", "triton") if b != "triton" or case.device == "cuda"]
-        for name in names:
-            params.append(pytest.param(case, name, marks=marks, id=f"{case.name}-{name}"))
-    return params
-
-
-@pytest.mark.parametrize("case,impl_name", _params())
+@pytest.mark.parametrize("case,impl_name", pytest_cases.params("continual"))
 def test_continual(benchmark, request, case, impl_name):
-    disabled = request.config.getoption("benchmark_disable")
-    scale = 1 / 16 if disabled else 1.0
-    impls = {impl.name: impl for impl in case.implementations()}
-    if impl_name not in impls:
-        pytest.skip(f"backend {impl_name} is not available here")
-    inputs = case.make_inputs(scale)
-    expected = [t.clone() for t in impls["eager"].run(case.make_inputs(scale))]
-    error = compare(impls[impl_name].run(case.make_inputs(scale)), expected, case.tolerance)
-    assert error is None, error
-    benchmark.group = case.name
-    benchmark.extra_info.update(bytes=case.bytes_moved(inputs), flops=case.flops(inputs))
-    benchmark(impls[impl_name].run, inputs)
+    pytest_cases.run(benchmark, request, case, impl_name)
