@@ -7,6 +7,14 @@
 // pass, whose re-read is served from L1/L2. Nothing here waits on the device: the counts, the
 // mean coefficient and the backward scale stay in device memory and kernels read them there.
 //
+// masked_cross_entropy's block rows, when C is a multiple of the 16-byte pack (8 half-type, 4
+// float, 2 double values) and the logits, gradient and mask table are aligned for it, move whole
+// packs: 16-byte loads and stores, a pack's mask bools in one load, no read of a pack whose
+// classes are all const-masked. Rows of up to 8 packs a thread (32768 half-type columns; 4 packs
+// for float, 2 for double) keep their raw packs in registers between the passes, two rows an SM
+// so one row's reductions overlap the other's memory traffic: DRAM sees one read and one write.
+// Longer rows stream chunks of 4 packs a thread and re-read them for the gradient from L2.
+//
 // Bad indices: device code cannot raise, so a target or row_group outside its range drops the
 // row in masked_cross_entropy (not counted, zero gradient, excluded from n_pre) and is counted in
 // counts[2]; the Python wrapper raises on it when PYFASTLAB_CHECK=1.
@@ -19,6 +27,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -37,11 +47,14 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int64_t kWarpRowMaxC = 1024;  // up to this C a warp owns a row
 constexpr int kWarpRowBlock = 256;      // 8 warp-rows per block
 constexpr int kBlockRowThreads = 512;   // longer rows: one block each, several resident per SM
-// Vectorized long rows, 16-byte packs per thread: up to kResidentPacks the row stays in registers
-// (32 of them: 64 KB a row, two rows an SM); beyond, chunks of kStreamPacks stream through.
-constexpr int kResidentPacks = 8;
-constexpr int kStreamPacks = 8;
-constexpr int64_t kMaxVecC = (int64_t(1) << 31) - 1;  // int pack and column indices within a row
+// Vectorized block rows, in 16-byte packs: a row of up to kResidentPacks packs a thread stays in
+// registers. Two rows an SM leave 64 registers a thread, enough for 8 packs of a half type (32768
+// columns) but not of float or double, whose values take more registers. Longer rows stream
+// through in chunks of kStreamPacks a thread. Packs and columns are indexed with int.
+template <typename scalar_t>
+constexpr int kResidentPacks = sizeof(scalar_t) == 2 ? 8 : sizeof(scalar_t) == 4 ? 4 : 2;
+constexpr int kStreamPacks = 4;
+constexpr int64_t kMaxVecC = (int64_t(1) << 31) - 1;
 constexpr int kReduceThreads = 512;     // the single-block count / finalize kernel
 constexpr int kElementwiseThreads = 256;
 constexpr int64_t kMaxGrid = int64_t(1) << 30;  // grid-stride loops cover any N beyond it
@@ -206,8 +219,7 @@ struct CrossEntropyParams {
   opmath_t* row_out;                    // w_i l_i for sum / mean, else nullptr
   scalar_t* loss_none;                  // w_i l_i in logits dtype for none, else nullptr
   bool* counted;
-  scalar_t* grad;   // gradient for upstream 1, or nullptr
-  bool mask_words;  // the vector kernel may read a pack's mask bytes as one word
+  scalar_t* grad;  // gradient for upstream 1, or nullptr
 };
 
 template <int kRowThreads, int kBlockThreads, typename scalar_t>
@@ -268,26 +280,70 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
   }
 }
 
-// ---- masked_cross_entropy, vectorized rows ----------------------------------------------------
+// ---- masked_cross_entropy, vectorized block rows -----------------------------------------------
 //
-// Rows of C > kWarpRowMaxC with C a multiple of the pack size and 16-byte aligned logits and
-// gradient. Thread t owns packs t, t + 512, ...; a chunk is kVecs of them per thread. Rows of at
-// most one chunk stay in registers from the first pass to the second; longer rows stream chunk
-// by chunk and re-read them for the gradient, from L2.
+// Thread t of a row's block owns packs t, t + 512, ...; a chunk is kVecs of them a thread. Pass 1
+// takes a chunk's max before any exp, so each value costs one exp plus one rescale a chunk.
 
-// 16 bytes of a row: one load or store.
+// 16 bytes of a row (kSize elements), one load or store, held as four 32-bit words: a struct of
+// scalar_t would take a register per half-type element. get(j): element j in opmath.
 template <typename scalar_t>
-struct alignas(16) Pack {
+struct Pack {
   static constexpr int kSize = 16 / sizeof(scalar_t);
-  scalar_t v[kSize];
+  uint4 w;
+
+  __device__ __forceinline__ uint32_t word(int i) const { return i == 0 ? w.x : i == 1 ? w.y : i == 2 ? w.z : w.w; }
+  __device__ __forceinline__ void set_word(int i, uint32_t v) {
+    if (i == 0) w.x = v;
+    else if (i == 1) w.y = v;
+    else if (i == 2) w.z = v;
+    else w.w = v;
+  }
+  __device__ __forceinline__ at::opmath_type<scalar_t> get(int j) const;
+  // Elements j and j + 1 (j + 1 < kSize), rounded to scalar_t as static_cast does.
+  __device__ __forceinline__ void set_pair(int j, at::opmath_type<scalar_t> a, at::opmath_type<scalar_t> b);
 };
 
+template <>
+__device__ __forceinline__ float Pack<c10::BFloat16>::get(int j) const {
+  return __uint_as_float(j % 2 ? word(j / 2) & 0xffff0000u : word(j / 2) << 16);
+}
+template <>
+__device__ __forceinline__ void Pack<c10::BFloat16>::set_pair(int j, float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  set_word(j / 2, *reinterpret_cast<const uint32_t*>(&h));
+}
+template <>
+__device__ __forceinline__ float Pack<c10::Half>::get(int j) const {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(word(j / 2) >> (j % 2 * 16))));
+}
+template <>
+__device__ __forceinline__ void Pack<c10::Half>::set_pair(int j, float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  set_word(j / 2, *reinterpret_cast<const uint32_t*>(&h));
+}
+template <>
+__device__ __forceinline__ float Pack<float>::get(int j) const {
+  return __uint_as_float(word(j));
+}
+template <>
+__device__ __forceinline__ void Pack<float>::set_pair(int j, float a, float b) {
+  set_word(j, __float_as_uint(a));
+  set_word(j + 1, __float_as_uint(b));
+}
+template <>
+__device__ __forceinline__ double Pack<double>::get(int j) const {
+  return __hiloint2double(static_cast<int>(word(2 * j + 1)), static_cast<int>(word(2 * j)));
+}
+template <>
+__device__ __forceinline__ void Pack<double>::set_pair(int, double a, double b) {
+  w = make_uint4(__double2loint(a), __double2hiint(a), __double2loint(b), __double2hiint(b));
+}
+
+// +0 in every floating type.
 template <typename scalar_t>
 __device__ __forceinline__ Pack<scalar_t> zero_pack() {
-  Pack<scalar_t> r;
-#pragma unroll
-  for (int j = 0; j < Pack<scalar_t>::kSize; ++j) r.v[j] = static_cast<scalar_t>(at::opmath_type<scalar_t>(0));
-  return r;
+  return {make_uint4(0, 0, 0, 0)};
 }
 
 // max(a, b), NaN if either is: the CPU's NaN-propagating max, one instruction for float.
@@ -297,7 +353,7 @@ __device__ __forceinline__ float nan_max(float a, float b) {
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
 #else
-  return b > a || isnan(b) ? b : a;  // a NaN a stays
+  return b > a || isnan(b) ? b : a;  // a NaN a stays: nothing compares greater
 #endif
 }
 __device__ __forceinline__ double nan_max(double a, double b) { return b > a || isnan(b) ? b : a; }
@@ -316,22 +372,18 @@ __device__ __forceinline__ void raise_max(T& m, T& s, T bmax) {
   }
 }
 
-// A pack's mask as bits, bit j = class active (all set when the row has no mask). One load of its
-// kSize bools when the table allows it: rows start at g * C, a multiple of kSize.
+// A pack's kSize mask bools, read as one word: aligned, as rows start at g * C, a multiple of
+// kSize, in an aligned table.
 template <typename scalar_t>
-__device__ __forceinline__ unsigned pack_mask(const bool* arow, int64_t k, bool word_loads) {
-  constexpr int V = Pack<scalar_t>::kSize;
-  using Word = std::conditional_t<V == 8, uint64_t, std::conditional_t<V == 4, uint32_t, uint16_t>>;
-  if (arow == nullptr) return (1u << V) - 1;
+using MaskWord = std::conditional_t<Pack<scalar_t>::kSize == 8, uint64_t,
+                                    std::conditional_t<Pack<scalar_t>::kSize == 4, uint32_t, uint16_t>>;
+
+// The bools of a mask word as bits, bit j = class j of the pack active.
+template <typename scalar_t>
+__device__ __forceinline__ unsigned mask_bits(MaskWord<scalar_t> w) {
   unsigned bits = 0;
-  if (word_loads) {
-    const Word w = reinterpret_cast<const Word*>(arow)[k];
 #pragma unroll
-    for (int j = 0; j < V; ++j) bits |= unsigned(((w >> (8 * j)) & 0xff) != 0) << j;
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) bits |= unsigned(arow[k * V + j]) << j;
-  }
+  for (int j = 0; j < Pack<scalar_t>::kSize; ++j) bits |= unsigned(((w >> (8 * j)) & 0xff) != 0) << j;
   return bits;
 }
 
@@ -339,7 +391,7 @@ __device__ __forceinline__ unsigned pack_mask(const bool* arow, int64_t k, bool 
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 __device__ __forceinline__ opmath_t pack_value(const Pack<scalar_t>& r, int j, unsigned bits,
                                                const CrossEntropyParams<scalar_t>& p) {
-  const opmath_t x = static_cast<opmath_t>(r.v[j]);
+  const opmath_t x = r.get(j);
   if (bits >> j & 1) return x;
   return p.detach ? x + p.offset : p.mask_value;
 }
@@ -358,16 +410,27 @@ struct RowChunk {
 
   __device__ __forceinline__ unsigned mask(int u) const { return unsigned(bits >> (u * V)) & kAll; }
 
-  // A pack with every class const-masked is not read: its values are m whatever z holds.
+  // A pack with every class const-masked is not read: its values are m whatever z holds. The mask
+  // words all go out before the first is waited on.
   __device__ __forceinline__ void load(const P* __restrict__ z, const bool* arow, int first, int nvec,
                                        const CrossEntropyParams<scalar_t>& p) {
-    bits = 0;
+    if (arow == nullptr) {
+      bits = ~Bits(0);
+    } else {
+      MaskWord<scalar_t> words[kVecs];
+#pragma unroll
+      for (int u = 0; u < kVecs; ++u) {
+        const int k = first + u * kBlockRowThreads;
+        words[u] = k < nvec ? reinterpret_cast<const MaskWord<scalar_t>*>(arow)[k] : 0;
+      }
+      bits = 0;
+#pragma unroll
+      for (int u = 0; u < kVecs; ++u) bits |= Bits(mask_bits<scalar_t>(words[u])) << (u * V);
+    }
 #pragma unroll
     for (int u = 0; u < kVecs; ++u) {
       const int k = first + u * kBlockRowThreads;
-      const unsigned b = k < nvec ? pack_mask<scalar_t>(arow, k, p.mask_words) : 0;
-      bits |= Bits(b) << (u * V);
-      raw[u] = k < nvec && (b != 0 || p.detach) ? z[k] : zero_pack<scalar_t>();
+      raw[u] = k < nvec && (mask(u) != 0 || p.detach) ? z[k] : zero_pack<scalar_t>();
     }
   }
 
@@ -380,7 +443,7 @@ struct RowChunk {
       if (first + u * kBlockRowThreads >= nvec) break;
 #pragma unroll
       for (int j = 0; j < V; ++j)
-        cmax = nan_max(cmax, mask(u) == kAll ? static_cast<opmath_t>(raw[u].v[j]) : pack_value(raw[u], j, mask(u), p));
+        cmax = nan_max(cmax, mask(u) == kAll ? raw[u].get(j) : pack_value(raw[u], j, mask(u), p));
     }
     raise_max(m, s, cmax);
     if (m == -inf<opmath_t>()) return;
@@ -390,7 +453,7 @@ struct RowChunk {
       opmath_t ps = 0;
       if (mask(u) == kAll) {
 #pragma unroll
-        for (int j = 0; j < V; ++j) ps += exp_op(static_cast<opmath_t>(raw[u].v[j]) - m);
+        for (int j = 0; j < V; ++j) ps += exp_op(raw[u].get(j) - m);
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) ps += exp_op(pack_value(raw[u], j, mask(u), p) - m);
@@ -399,40 +462,32 @@ struct RowChunk {
     }
   }
 
-  // Pass 2: the gradient of each pack, the scalar kernel's formulas element by element.
-  __device__ __forceinline__ void store(P* __restrict__ g, int first, int nvec, opmath_t M, opmath_t S,
-                                        opmath_t inv, opmath_t coef, int y, const CrossEntropyParams<scalar_t>& p) const {
+  // Pass 2: the gradient of each pack, the scalar kernel's formulas element by element (the
+  // target's entry is rewritten afterwards).
+  __device__ __forceinline__ void store(P* __restrict__ g, int first, int nvec, opmath_t M, opmath_t inv,
+                                        const CrossEntropyParams<scalar_t>& p) const {
 #pragma unroll
     for (int u = 0; u < kVecs; ++u) {
       const int k = first + u * kBlockRowThreads;
       if (k >= nvec) break;
       const unsigned b = mask(u);
       P out;
-      if (b == kAll) {
-        const opmath_t scale = p.scale_active;
+      opmath_t gk[V];
+      if (b == kAll && p.scale_active != opmath_t(0)) {
 #pragma unroll
-        for (int j = 0; j < V; ++j)
-          out.v[j] = static_cast<scalar_t>(
-              scale == opmath_t(0) ? opmath_t(0) : exp_op(static_cast<opmath_t>(raw[u].v[j]) - M) * inv * scale);
+        for (int j = 0; j < V; ++j) gk[j] = exp_op(raw[u].get(j) - M) * inv * p.scale_active;
+      } else if (b == kAll || (b == 0 && p.scale_masked == opmath_t(0))) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) gk[j] = 0;
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           const opmath_t scale = b >> j & 1 ? p.scale_active : p.scale_masked;
-          out.v[j] = static_cast<scalar_t>(
-              scale == opmath_t(0) ? opmath_t(0) : exp_op(pack_value(raw[u], j, b, p) - M) * inv * scale);
+          gk[j] = scale == opmath_t(0) ? opmath_t(0) : exp_op(pack_value(raw[u], j, b, p) - M) * inv * scale;
         }
       }
-      // The target is active, so v_y = z_y and its scale is s_n.
-      const int yoff = y - k * V;
-      if (yoff >= 0 && yoff < V && p.scale_active != opmath_t(0)) {
 #pragma unroll
-        for (int j = 0; j < V; ++j) {
-          if (j != yoff) continue;
-          const opmath_t e = exp_op(static_cast<opmath_t>(raw[u].v[j]) - M);
-          // p_y - 1 in opmath before rounding: no cancellation in half types
-          out.v[j] = static_cast<scalar_t>((e / S - opmath_t(1)) * coef * p.scale_active);
-        }
-      }
+      for (int j = 0; j < V; j += 2) out.set_pair(j, gk[j], gk[j + 1]);
       g[k] = out;
     }
   }
@@ -455,10 +510,13 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
     P* __restrict__ g = p.grad == nullptr ? nullptr : reinterpret_cast<P*>(p.grad + i * p.C);
     const RowStatus st = row_status(p.mask, p.target, i, p.C, p.ignore_index);
     RowChunk<kVecs, scalar_t> c;
+    // A resident row's loads go out before st.valid, which waits on the mask byte of the target,
+    // is known; only rows with a bad or masked target read their logits for nothing.
+    if (kResident && st.y != p.ignore_index && tid < nvec) c.load(z, st.arow, tid, nvec, p);
     opmath_t M = -inf<opmath_t>(), S = 0;
     if (st.valid) {  // uniform over the block, so the barriers inside are safe
       for (int first = tid; first < nvec; first += kChunk) {
-        c.load(z, st.arow, first, nvec, p);
+        if constexpr (!kResident) c.load(z, st.arow, first, nvec, p);
         c.fold(M, S, first, nvec, p);
       }
       row_allreduce<kBlockRowThreads>(M, S, MaxSumOp{}, smem);
@@ -478,7 +536,7 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
     const opmath_t lse = M + log_op(S);
     const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
     if (tid == 0) {
-      const opmath_t l = lse - static_cast<opmath_t>(p.logits[i * p.C + st.y]);  // v_y = z_y: the target is active
+      const opmath_t l = lse - static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y]);  // v_y = z_y
       p.row_loss[i] = l;
       p.counted[i] = true;
       if (p.row_out != nullptr) p.row_out[i] = w * l;
@@ -487,11 +545,36 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
-    for (int first = tid; first < nvec; first += kChunk) {
+    // A streamed row's chunks go backwards: the last read are the likeliest to be still in L2.
+    for (int first = tid < nvec ? tid + (nvec - 1 - tid) / kChunk * kChunk : -1; first >= 0; first -= kChunk) {
       if constexpr (!kResident) c.load(z, st.arow, first, nvec, p);
-      c.store(g, first, nvec, M, S, inv, coef, static_cast<int>(st.y), p);
+      c.store(g, first, nvec, M, inv, p);
+    }
+    // The thread that stored the target's pack rewrites its entry (v_y = z_y, scale s_n), in one
+    // place rather than in every unrolled pack: p_y - 1 in opmath before rounding, no cancellation
+    // in half types.
+    if (st.y / P::kSize % kBlockRowThreads == tid && p.scale_active != opmath_t(0)) {
+      const opmath_t e = exp_op(static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y]) - M);
+      reinterpret_cast<scalar_t*>(g)[st.y] = static_cast<scalar_t>((e / S - opmath_t(1)) * coef * p.scale_active);
     }
   }
+}
+
+// The smallest resident kernel that holds packs_per_thread, else the streaming one.
+template <typename scalar_t>
+void launch_vec_rows(const CrossEntropyParams<scalar_t>& p, int64_t blocks, int64_t packs_per_thread,
+                     cudaStream_t stream) {
+  constexpr int kMax = kResidentPacks<scalar_t>;
+  if (packs_per_thread > kMax)
+    cross_entropy_vec_kernel<kStreamPacks, false, scalar_t><<<blocks, kBlockRowThreads, 0, stream>>>(p);
+  else if (packs_per_thread <= 1)
+    cross_entropy_vec_kernel<1, true, scalar_t><<<blocks, kBlockRowThreads, 0, stream>>>(p);
+  else if (packs_per_thread <= 2)
+    cross_entropy_vec_kernel<std::min(2, kMax), true, scalar_t><<<blocks, kBlockRowThreads, 0, stream>>>(p);
+  else if (packs_per_thread <= 4)
+    cross_entropy_vec_kernel<std::min(4, kMax), true, scalar_t><<<blocks, kBlockRowThreads, 0, stream>>>(p);
+  else
+    cross_entropy_vec_kernel<kMax, true, scalar_t><<<blocks, kBlockRowThreads, 0, stream>>>(p);
 }
 
 template <typename scalar_t>
@@ -656,23 +739,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const RowLaunch l = row_launch(N, C);
     constexpr int V = Pack<scalar_t>::kSize;
-    // Mask rows start at g * C, so with C % V == 0 an aligned table keeps every pack's bools aligned.
-    p.mask_words = is_aligned(mask.active, V);
-    const int64_t packs_per_thread = ceil_div(C / V, kBlockRowThreads);
     if (l.warp_rows)
       cross_entropy_kernel<kWarp, kWarpRowBlock, scalar_t><<<l.blocks, kWarpRowBlock, 0, stream>>>(p);
-    else if (C % V != 0 || C > kMaxVecC || !is_aligned(p.logits, 16) || !is_aligned(p.grad, 16))
+    else if (C % V != 0 || C > kMaxVecC || !is_aligned(p.logits, 16) || !is_aligned(p.grad, 16) ||
+             !is_aligned(mask.active, V))
       cross_entropy_kernel<kBlockRowThreads, kBlockRowThreads, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
-    else if (packs_per_thread <= 1)
-      cross_entropy_vec_kernel<1, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
-    else if (packs_per_thread <= 2)
-      cross_entropy_vec_kernel<2, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
-    else if (packs_per_thread <= 4)
-      cross_entropy_vec_kernel<4, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
-    else if (packs_per_thread <= kResidentPacks)
-      cross_entropy_vec_kernel<kResidentPacks, true, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
     else
-      cross_entropy_vec_kernel<kStreamPacks, false, scalar_t><<<l.blocks, kBlockRowThreads, 0, stream>>>(p);
+      launch_vec_rows(p, l.blocks, ceil_div(C / V, kBlockRowThreads), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     cp.count_targets = !prepass;
