@@ -206,7 +206,7 @@ def test_not_counted_rows_stay_zero_under_nan_upstream(backend, device):
     assert torch.isfinite(grad[3:]).all()
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", torch.device("cpu"), id="reference")])
 def test_edge_cases(backend, device):
     f = lambda *a, **k: ops.masked_cross_entropy(*a, backend=backend, **k)
     # N = 0
@@ -224,6 +224,12 @@ def test_edge_cases(backend, device):
     loss = f(z, torch.tensor([1], device=device))
     loss.backward()
     assert loss.item() == float("inf") and torch.isfinite(z.grad).all()
+    # +inf in an active logit -> a NaN row, loss and gradient, as F.cross_entropy
+    for y in (0, 1):
+        z = torch.tensor([[0.0, float("inf"), 1.0], [0.0, 1.0, 2.0]], device=device, requires_grad=True)
+        loss = f(z, torch.tensor([y, 0], device=device), reduction="none")
+        loss.sum().backward()
+        assert torch.isnan(loss[0]) and torch.isnan(z.grad[0]).all() and torch.isfinite(z.grad[1]).all()
     # NaN in an active logit -> NaN loss; NaN in a const-masked logit -> ignored
     z = torch.tensor([[0.0, float("nan"), 1.0]], device=device)
     active = torch.tensor([True, False, True], device=device)
