@@ -24,10 +24,20 @@ python3 -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_CUD
   >"$OUT/build.log" 2>&1 || { log "BUILD FAILED"; tail -n 60 "$OUT/build.log"; exit 1; }
 log "build: $(( $(date +%s) - start )) s; $(grep -h -- '-- pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
 
+# Two shards in parallel (the GPU has room; the session's minutes are few): the long cross-entropy
+# files in one, everything else in the other.
 cd tests
-python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable . ../bench \
-  --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log" | tail -n 25
-log "tests: $(tail -n 1 "$OUT/pytest.log")"
+heavy="ops/test_continual_cross_entropy.py ops/test_continual_long_rows.py"
+pytest_shard() {
+  python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable "$@" 2>&1
+}
+pytest_shard $heavy --junitxml="$OUT/junit-1.xml" >"$OUT/pytest-1.log" &
+pytest_shard . ../bench $(printf -- '--ignore=%s ' $heavy) --junitxml="$OUT/junit-2.xml" >"$OUT/pytest-2.log"
+wait
+for shard in 1 2; do
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest-$shard.log" | head -n 20
+  log "tests shard $shard: $(tail -n 1 "$OUT/pytest-$shard.log")"
+done
 cd ..
 
 pyfastlab info --json >"$OUT/info.json"
