@@ -18,7 +18,8 @@ def _kl_rows(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tens
     log_q = torch.log_softmax(s / temperature, dim=1)
     p = log_p.exp()
     # where(), not p * (...): at p = 0 the difference may be -inf or NaN, and its gradient too.
-    positive = p > 0
+    # A NaN p is kept (NaN propagates).
+    positive = p != 0
     diff = torch.where(positive, log_p - log_q, torch.zeros_like(log_q))
     return (torch.where(positive, p, torch.zeros_like(p)) * diff).sum(1)
 
