@@ -39,6 +39,20 @@ TORCH_LIBRARY(pyfastlab, m) {
   m.def(
       "pgd_linf_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_clean, float eps, float step_size, "
       "float lo, float hi) -> ()");
+
+  // ---- distill: kd_loss -------------------------------------------------------------------------
+  // Rows [N, C] (the wrapper flattens the leading dims); target int64 [N] or absent.
+  // reduction: 0 = none, 1 = sum, 2 = batchmean (sum over N_valid, the rows not ignored).
+  // Outputs: loss (reduced, or [N] for none; student dtype), grad ([N, C] student dtype: the
+  // gradient of each row's v_i l_i for a row upstream of 1, or [0] when compute_grad is false),
+  // valid (bool [N]), n_valid (int64 scalar).
+  m.def(
+      "kd_loss_forward(Tensor student, Tensor teacher, Tensor? target, float temperature, "
+      "float soft_weight, float hard_weight, int ignore_index, int reduction, bool compute_grad) -> "
+      "(Tensor loss, Tensor grad, Tensor valid, Tensor n_valid)");
+  // grad scaled by the upstream gradient into a new tensor (never in place: backward may run twice).
+  m.def("kd_loss_backward(Tensor grad_loss, Tensor grad, Tensor valid, Tensor n_valid, int reduction) -> Tensor");
+  // ---- end distill: kd_loss ---------------------------------------------------------------------
 }
 
 namespace {
