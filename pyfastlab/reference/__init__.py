@@ -1,4 +1,4 @@
 """Readable pure-PyTorch references: the oracles of the tests and the baselines of the benchmarks."""
-from . import continual
+from . import cka, continual
 
-__all__ = ["continual"]
+__all__ = ["cka", "continual"]
