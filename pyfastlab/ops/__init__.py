@@ -1,4 +1,5 @@
 """The public ops of pyfastlab (drop-in torch functions with a `backend=` argument)."""
+from .cka import cka_matrix, linear_cka
 from .continual import masked_cross_entropy, masked_softmax, pgd_linf_step_
 
 # op name -> family, for `pyfastlab info` and `pyfastlab check`
@@ -6,6 +7,8 @@ OPS = {
     "masked_cross_entropy": "continual",
     "masked_softmax": "continual",
     "pgd_linf_step_": "continual",
+    "linear_cka": "distill",
+    "cka_matrix": "distill",
 }
 
-__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "OPS"]
+__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "linear_cka", "cka_matrix", "OPS"]
