@@ -146,13 +146,15 @@ void multiply_centred(const at::Tensor& m, const at::Tensor& x, at::Tensor& out)
   const scalar_t* data = x.const_data_ptr<scalar_t>();
   at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
     const int64_t cap = std::min(kChunk, d);
-    std::vector<T> buffer(n * cap);
+    std::vector<T> buffer(n * cap), product(n * cap);
     std::vector<double> mean(cap);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / chunks, c0 = (item % chunks) * kChunk, w = std::min(kChunk, d - c0);
       centre_columns(data + b * n * d, n, d, c0, w, buffer.data(), mean.data());
       const at::Tensor xc = at::from_blob(buffer.data(), {n, w}, m.options());
-      out.select(0, b).narrow(1, c0, w).copy_(at::mm(m.select(0, b), xc));
+      at::Tensor result = at::from_blob(product.data(), {n, w}, m.options());
+      at::mm_out(result, m.select(0, b), xc);
+      out.select(0, b).narrow(1, c0, w).copy_(result);
     }
   });
 }
@@ -201,7 +203,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cka_forward_cp
       }
     });
   });
-  return {stats.select(1, 2).to(x.scalar_type()), stats, u_hat, v_hat};
+  // a fresh tensor even when x is in opmath: outputs must not alias
+  return {stats.select(1, 2).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true), stats, u_hat, v_hat};
 }
 
 // M = coef (P - c Q) per problem, coef = 2 g / beta; exactly 0 for a degenerate problem.

@@ -49,7 +49,7 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False, backend: str = "
     if y.shape[-2] != n:
         raise ValueError(f"y must have n = {n} rows like x, got {y.shape[-2]}")
     _check_rows("x", n, debiased)
-    dtype = torch.result_type(x, y)
+    dtype = torch.promote_types(x.dtype, y.dtype)  # = result_type for tensors of rank >= 2
     x, y = x.to(dtype), y.to(dtype)
     chosen = _backends.resolve(backend, x.device)
     if chosen == "reference":
@@ -58,7 +58,7 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False, backend: str = "
     save = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     cka = op_for("linear_cka", chosen)(x.reshape(-1, n, x.shape[-1]), y.reshape(-1, n, y.shape[-1]),
                                       bool(debiased), save)[0]
-    return cka.reshape(batch)
+    return reference.exact_pair(cka.reshape(batch), n, debiased)
 
 
 def _layers(name: str, layers: Layers) -> list[Tensor]:
@@ -108,4 +108,5 @@ def cka_matrix(xs: Layers, ys: Layers, *, debiased: bool = False, backend: str =
     chosen = _backends.resolve(backend, first.device)
     if chosen == "reference":
         return reference.cka_matrix(xs_, ys_, debiased=bool(debiased))
-    return op_for("cka_matrix", chosen)(xs_, ys_, bool(debiased))[0]
+    cka = op_for("cka_matrix", chosen)(xs_, ys_, bool(debiased))[0]
+    return reference.exact_pair(cka, first.shape[0], debiased)

@@ -36,11 +36,19 @@ def _safe_ratio(a: Tensor, bx2: Tensor, by2: Tensor) -> Tensor:
                        torch.full_like(a, float("nan")))
 
 
+def exact_pair(cka: Tensor, n: int, debiased: bool) -> Tensor:
+    """3.4: with n == 2 rows both centred Grams are multiples of [[1, -1], [-1, 1]], so a
+    non-degenerate biased CKA is exactly 1 (rounding would give 1 +- ulp); NaN stays NaN."""
+    if n != 2 or debiased:
+        return cka
+    return torch.where(torch.isnan(cka), cka, torch.ones_like(cka))
+
+
 def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> Tensor:
     """CKA = <C(Kx), C(Ky)> / (||C(Kx)|| ||C(Ky)||) per leading index; x [..., n, p], y [..., n, q]."""
     u, v = project(centred_gram(x), debiased), project(centred_gram(y), debiased)
     a = (u * v).sum((-2, -1))
-    return _safe_ratio(a, (u * u).sum((-2, -1)), (v * v).sum((-2, -1)))
+    return exact_pair(_safe_ratio(a, (u * u).sum((-2, -1)), (v * v).sum((-2, -1))), x.shape[-2], debiased)
 
 
 def cka_matrix(xs, ys, *, debiased: bool = False) -> Tensor:
@@ -52,7 +60,7 @@ def cka_matrix(xs, ys, *, debiased: bool = False) -> Tensor:
 
     gx, bx2 = normalised(xs)
     gy, by2 = normalised(ys)
-    return _safe_ratio(gx @ gy.t(), bx2[:, None], by2[None, :])
+    return exact_pair(_safe_ratio(gx @ gy.t(), bx2[:, None], by2[None, :]), xs[0].shape[0], debiased)
 
 
 def linear_cka_eager(x: Tensor, y: Tensor, *, debiased: bool = False) -> Tensor:
