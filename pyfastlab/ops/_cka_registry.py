@@ -112,10 +112,11 @@ def _matrix_backward(ctx, grad, *unused):
     lx = ctx.layers_x
     xs, ys, stats = list(saved[:lx]), list(saved[lx:-5]), saved[-5:]
     need_x, need_y = any(ctx.needs_input_grad[0]), any(ctx.needs_input_grad[1])
+    none_x, none_y = [None] * len(xs), [None] * len(ys)  # the structure of the inputs
     if grad is None or not (need_x or need_y):
-        return None, None, None
+        return none_x, none_y, None
     gxs, gys = torch.ops.pyfastlab.cka_matrix_backward_triton(grad, xs, ys, *stats, need_x, need_y)
-    return (list(gxs) if need_x else None), (list(gys) if need_y else None), None
+    return (list(gxs) if need_x else none_x), (list(gys) if need_y else none_y), None
 
 
 def _register_fakes(forward, backward, matrix, matrix_backward):
