@@ -168,7 +168,7 @@ at::Tensor centre(const at::Tensor& x_in) {
 }
 
 // s_i and S of every problem's Gram k [B, n, n].
-at::Tensor diagonal(const at::Tensor& k) {
+at::Tensor diagonal_terms(const at::Tensor& k) {
   const int64_t B = k.size(0), n = k.size(1);
   at::Tensor s = at::empty({B, n + 1}, k.options().dtype(at::kDouble));
   if (B == 0) return s;
@@ -246,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cka_forward_cu
     return {cka, stats, at::empty({0}, stats.options()), at::empty({0}, stats.options())};
   }
   at::Tensor kx = gram(centre(x)), ky = gram(centre(y));
-  const at::Tensor sx = diagonal(kx), sy = diagonal(ky);
+  const at::Tensor sx = diagonal_terms(kx), sy = diagonal_terms(ky);
   const at::Tensor stats = projected_stats(kx, sx, &ky, &sy, debiased);
   if (save) {
     normalise(kx, sx, stats, 0, debiased);
@@ -280,9 +280,10 @@ std::tuple<at::Tensor, at::Tensor> normalised_grams(at::TensorList layers, bool 
   at::Tensor stack = at::empty({L, n, n}, layers[0].options().dtype(at::toOpMathType(layers[0].scalar_type())));
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor xc = centre(layers[l].unsqueeze(0)).squeeze(0);
-    at::mm_out(stack.select(0, l), xc, xc.t());
+    at::Tensor slot = stack.select(0, l);
+    at::mm_out(slot, xc, xc.t());
   }
-  const at::Tensor s = diagonal(stack);
+  const at::Tensor s = diagonal_terms(stack);
   const at::Tensor stats = projected_stats(stack, s, nullptr, nullptr, debiased);
   normalise(stack, s, stats, 0, debiased);  // a single side's beta lands in column 0
   return {stack, stats.select(1, 0).contiguous()};
