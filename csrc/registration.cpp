@@ -53,6 +53,29 @@ TORCH_LIBRARY(pyfastlab, m) {
   // grad scaled by the upstream gradient into a new tensor (never in place: backward may run twice).
   m.def("kd_loss_backward(Tensor grad_loss, Tensor grad, Tensor valid, Tensor n_valid, int reduction) -> Tensor");
   // ---- end distill: kd_loss ---------------------------------------------------------------------
+  // ---- distill: cka --------------------------------------------------------------------------
+  // linear CKA of x [B, n, p] and y [B, n, q] (the wrapper flattens leading dims and gives both one
+  // dtype). Gram form when debiased or n(p+q) <= p^2+q^2+pq, else the biased feature form.
+  // Outputs: cka [B] (x dtype); stats [B, 3] opmath = (beta_x, beta_y, cka); u_hat, v_hat
+  // [B, n, n] opmath = C(K)/beta, saved for the backward (Gram form with save), else [0].
+  m.def(
+      "linear_cka_forward(Tensor x, Tensor y, bool debiased, bool save) -> "
+      "(Tensor cka, Tensor stats, Tensor u_hat, Tensor v_hat)");
+  // Gradients for upstream grad [B]; a gradient not asked for comes back as [0].
+  m.def(
+      "linear_cka_backward(Tensor grad, Tensor x, Tensor y, Tensor stats, Tensor u_hat, Tensor v_hat, "
+      "bool need_x, bool need_y) -> (Tensor grad_x, Tensor grad_y)");
+  // All L x M pairs of 2-D layers xs[l] [n, p_l], ys[m] [n, q_m] (one dtype). Outputs: cka [L, M];
+  // gx [L, n, n], gy [M, n, n] opmath = normalised projected Grams (0 for a degenerate layer);
+  // beta_x [L], beta_y [M] opmath.
+  m.def(
+      "cka_matrix_forward(Tensor[] xs, Tensor[] ys, bool debiased) -> "
+      "(Tensor cka, Tensor gx, Tensor gy, Tensor beta_x, Tensor beta_y)");
+  // Gradients for upstream grad [L, M]; a side not asked for comes back as an empty list.
+  m.def(
+      "cka_matrix_backward(Tensor grad, Tensor[] xs, Tensor[] ys, Tensor cka, Tensor gx, Tensor gy, "
+      "Tensor beta_x, Tensor beta_y, bool need_x, bool need_y) -> (Tensor[] grad_xs, Tensor[] grad_ys)");
+  // ---- end distill: cka ----------------------------------------------------------------------
 }
 
 namespace {

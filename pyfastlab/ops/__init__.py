@@ -1,4 +1,5 @@
 """The public ops of pyfastlab (drop-in torch functions with a `backend=` argument)."""
+from .cka import cka_matrix, linear_cka
 from .continual import masked_cross_entropy, masked_softmax, pgd_linf_step_
 from .kd import kd_loss
 
@@ -8,6 +9,8 @@ OPS = {
     "masked_softmax": "continual",
     "pgd_linf_step_": "continual",
     "kd_loss": "distill",
+    "linear_cka": "distill",
+    "cka_matrix": "distill",
 }
 
-__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "kd_loss", "OPS"]
+__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "kd_loss", "linear_cka", "cka_matrix", "OPS"]
