@@ -24,17 +24,19 @@ python3 -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_CUD
   >"$OUT/build.log" 2>&1 || { log "BUILD FAILED"; tail -n 60 "$OUT/build.log"; exit 1; }
 log "build: $(( $(date +%s) - start )) s; $(grep -h -- '-- pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
 
-# Two shards in parallel (the GPU has room; the session's minutes are few): the long cross-entropy
-# files in one, everything else in the other.
+# Three shards in parallel (the GPU has room; the session's minutes are few): the long
+# cross-entropy files, the distillation ops, everything else.
 cd tests
-heavy="ops/test_continual_cross_entropy.py ops/test_continual_long_rows.py"
+shard_1="ops/test_continual_cross_entropy.py ops/test_continual_long_rows.py"
+shard_2="ops/test_cka.py ops/test_kd_loss.py"
 pytest_shard() {
-  python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable "$@" 2>&1
+  timeout "${PFL_TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable "$@" 2>&1
 }
-pytest_shard $heavy --junitxml="$OUT/junit-1.xml" >"$OUT/pytest-1.log" &
-pytest_shard . ../bench $(printf -- '--ignore=%s ' $heavy) --junitxml="$OUT/junit-2.xml" >"$OUT/pytest-2.log"
+pytest_shard $shard_1 --junitxml="$OUT/junit-1.xml" >"$OUT/pytest-1.log" &
+pytest_shard $shard_2 --junitxml="$OUT/junit-2.xml" >"$OUT/pytest-2.log" &
+pytest_shard . ../bench $(printf -- '--ignore=%s ' $shard_1 $shard_2) --junitxml="$OUT/junit-3.xml" >"$OUT/pytest-3.log"
 wait
-for shard in 1 2; do
+for shard in 1 2 3; do
   grep -E "^(FAILED|ERROR)" "$OUT/pytest-$shard.log" | head -n 20
   log "tests shard $shard: $(tail -n 1 "$OUT/pytest-$shard.log")"
 done
@@ -42,8 +44,12 @@ cd ..
 
 pyfastlab info --json >"$OUT/info.json"
 pyfastlab check --seed 0 2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
-COLUMNS=200 pyfastlab bench --device cuda --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 40
-# flatten: the device tool returns files at most two folders down
-for f in "$OUT"/bench/*/*; do mv "$f" "$OUT/bench-$(basename "$f")"; done
-rm -rf "$OUT/bench"
+# One family at a time, each saved as it ends, so a run cut short keeps what finished.
+for family in continual distill; do
+  COLUMNS=200 timeout "${PFL_BENCH_TIMEOUT:-300}" pyfastlab bench --device cuda --family "$family" ${PFL_BENCH_ARGS:-} \
+    --out "$OUT/bench-$family" 2>&1 | tee "$OUT/bench-$family.log" | tail -n 30
+  # flatten: the device tool returns files at most two folders down
+  for f in "$OUT/bench-$family"/*/*; do mv "$f" "$OUT/bench-$family-$(basename "$f")"; done
+  rm -rf "$OUT/bench-$family"
+done
 log "done in $(( $(date +%s) - start )) s"
