@@ -252,7 +252,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cka_forward_cu
     normalise(kx, sx, stats, 0, debiased);
     normalise(ky, sy, stats, 1, debiased);
   } else {
-    kx = ky = at::empty({0}, stats.options());
+    kx = at::empty({0}, stats.options());  // two tensors: outputs must not alias
+    ky = at::empty({0}, stats.options());
   }
   return {stats.select(1, 2).to(x.scalar_type(), false, /*copy=*/true), stats, kx, ky};
 }
@@ -263,7 +264,10 @@ std::tuple<at::Tensor, at::Tensor> linear_cka_backward_cuda(const at::Tensor& gr
                                                             bool need_x, bool need_y) {
   check_pair(x, y, false, "linear_cka_backward");
   const c10::cuda::CUDAGuard guard(x.device());
-  if (u_hat.numel() == 0 && x.size(0) > 0) return feature_backward(grad, x, y, stats, need_x, need_y);
+  if (x.size(0) == 0)  // nothing to launch; zero-size gradients of the asked-for sides
+    return {need_x ? at::zeros_like(x) : at::empty({0}, x.options()),
+            need_y ? at::zeros_like(y) : at::empty({0}, y.options())};
+  if (u_hat.numel() == 0) return feature_backward(grad, x, y, stats, need_x, need_y);
   const at::Tensor g = grad.to(stats.scalar_type());
   const at::Tensor bx = stats.select(1, 0), by = stats.select(1, 1), cka = stats.select(1, 2);
   const at::Tensor degenerate = (bx == 0).logical_or(by == 0);
