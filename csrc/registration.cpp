@@ -76,6 +76,14 @@ TORCH_LIBRARY(pyfastlab, m) {
       "cka_matrix_backward(Tensor grad, Tensor[] xs, Tensor[] ys, Tensor cka, Tensor gx, Tensor gy, "
       "Tensor beta_x, Tensor beta_y, bool need_x, bool need_y) -> (Tensor[] grad_xs, Tensor[] grad_ys)");
   // ---- end distill: cka ----------------------------------------------------------------------
+  // ---- vidvrd: viou ---------------------------------------------------------------------------
+  // boxes [P, T, 4] and [Q, T, 4] (x1, y1, x2, y2; float32 or float64, one dtype), spans int64 [P, 2]
+  // and [Q, 2] = [begin, end), clamped to the timeline. Output [P, Q] voluminal IoU in the boxes'
+  // dtype, computed in fp64 with frame-ordered sums; pixel_inclusive adds 1 to widths and heights.
+  m.def(
+      "trajectory_viou(Tensor boxes_a, Tensor span_a, Tensor boxes_b, Tensor span_b, bool pixel_inclusive) "
+      "-> Tensor");
+  // ---- end vidvrd: viou -----------------------------------------------------------------------
 }
 
 namespace {
