@@ -1,4 +1,4 @@
 """Readable pure-PyTorch references: the oracles of the tests and the baselines of the benchmarks."""
-from . import cka, continual, kd
+from . import cka, continual, kd, vidvrd_ops
 
-__all__ = ["cka", "continual", "kd"]
+__all__ = ["cka", "continual", "kd", "vidvrd_ops"]
