@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,28 +15,28 @@
 namespace pyfastlab::vidvrd::cpu {
 namespace {
 
-using at::vec::Vectorized;
-
 // Half inputs are upcast before the add (spec 3.1 precision): kernels only see fp32 or fp64.
 at::Tensor as_opmath(const at::Tensor& x) {
   return x.to(at::toOpMathType(x.scalar_type())).contiguous();
 }
 
-// sum_h w_h relu(a_h + b_h) in a fixed vector-then-tail order.
+// sum_h w_h relu(a_h + b_h) in a fixed order: kLanes independent partial sums (the compiler
+// vectorises them without reassociating), then the lanes and the tail in order.
 template <typename T>
-T relu_dot(const T* a, const T* b, const T* w, int64_t H) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  const V zero(T(0));
+T relu_dot(const T* __restrict a, const T* __restrict b, const T* __restrict w, int64_t H) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes] = {};
   int64_t h = 0;
-  for (; h + V::size() <= H; h += V::size()) {
-    const V x = V::loadu(a + h) + V::loadu(b + h);
-    acc = at::vec::fmadd(V::loadu(w + h), at::vec::maximum(x, zero), acc);
-  }
-  T s = at::vec::vec_reduce_all<T>([](V& p, V& q) { return p + q; }, acc);
+  for (; h + kLanes <= H; h += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T x = a[h + l] + b[h + l];
+      lanes[l] += w[h + l] * (x < T(0) ? T(0) : x);  // relu keeping NaN
+    }
+  T s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
   for (; h < H; ++h) {
     const T x = a[h] + b[h];
-    s += w[h] * (x != x ? x : std::max(x, T(0)));
+    s += w[h] * (x < T(0) ? T(0) : x);
   }
   return s;
 }
@@ -66,13 +65,16 @@ at::Tensor pairwise_mlp_scores_forward_cpu(const at::Tensor& a_in, const at::Ten
 }
 
 // acc_m[h] += g * 1[x > 0], acc_r[h] += g * relu(x) for x = a + b (relu'(0) = 0, as torch).
-template <typename T>
-void accumulate_row(const T* a, const T* b, T g, int64_t H, T* acc_m, T* acc_r) {
+// Branch-free selects on restrict pointers, one instantiation per output set: the compiler
+// vectorises the loop.
+template <typename T, bool kWantR>
+void accumulate_row(const T* __restrict a, const T* __restrict b, T g, int64_t H, T* __restrict acc_m,
+                    T* __restrict acc_r) {
   for (int64_t h = 0; h < H; ++h) {
     const T x = a[h] + b[h];
     const bool on = x > T(0);
     acc_m[h] += on ? g : T(0);
-    if (acc_r != nullptr) acc_r[h] += on ? g * x : (x != x ? x : T(0));
+    if constexpr (kWantR) acc_r[h] += g * (x < T(0) ? T(0) : x);  // relu keeping NaN
   }
 }
 
@@ -102,8 +104,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_mlp_scores_backward_cpu(
           std::fill(acc_m.begin(), acc_m.end(), scalar_t(0));
           const scalar_t* bv = pb + (row / N) * M * H;
           scalar_t* acc_r = pr != nullptr ? pr + row * H : nullptr;
-          for (int64_t j = 0; j < M; ++j)
-            accumulate_row(pa + row * H, bv + j * H, pg[row * M + j], H, acc_m.data(), acc_r);
+          for (int64_t j = 0; j < M; ++j) {
+            if (acc_r != nullptr)
+              accumulate_row<scalar_t, true>(pa + row * H, bv + j * H, pg[row * M + j], H, acc_m.data(), acc_r);
+            else
+              accumulate_row<scalar_t, false>(pa + row * H, bv + j * H, pg[row * M + j], H, acc_m.data(), acc_r);
+          }
           if (pga != nullptr)
             for (int64_t h = 0; h < H; ++h) pga[row * H + h] = pw[h] * acc_m[h];
         }
@@ -117,8 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_mlp_scores_backward_cpu(
           std::fill(acc_m.begin(), acc_m.end(), scalar_t(0));
           const int64_t v = col / M, j = col % M;
           for (int64_t i = 0; i < N; ++i)
-            accumulate_row(pb + col * H, pa + (v * N + i) * H, pg[(v * N + i) * M + j], H, acc_m.data(),
-                           static_cast<scalar_t*>(nullptr));
+            accumulate_row<scalar_t, false>(pb + col * H, pa + (v * N + i) * H, pg[(v * N + i) * M + j], H,
+                                            acc_m.data(), nullptr);
           for (int64_t h = 0; h < H; ++h) pgb[col * H + h] = pw[h] * acc_m[h];
         }
       });

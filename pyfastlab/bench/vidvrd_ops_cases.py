@@ -136,7 +136,7 @@ def nms_loop(spans, scores, groups, thr, max_keep):
             count += 1
             iou = reference.temporal_iou(spans[best][None], spans[idx])[0]
             idx = idx[iou <= thr]
-    kept = torch.stack(kept)
+    kept = torch.sort(torch.stack(kept)).values  # index order first, so score ties go to the lower index
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
 
