@@ -84,6 +84,19 @@ TORCH_LIBRARY(pyfastlab, m) {
       "trajectory_viou(Tensor boxes_a, Tensor span_a, Tensor boxes_b, Tensor span_b, bool pixel_inclusive) "
       "-> Tensor");
   // ---- end vidvrd: viou -----------------------------------------------------------------------
+  // ---- vidvrd: scores, tiou, nms --------------------------------------------------------------
+  // pairwise_mlp_scores: a [B, N, H], b [B, M, H], w [H] (one floating dtype) -> s [B, N, M] (a dtype),
+  // s = bias + sum_h w_h relu(a_ih + b_jh), computed without any [B, N, M, H] buffer.
+  m.def("pairwise_mlp_scores_forward(Tensor a, Tensor b, Tensor w, float bias) -> Tensor");
+  // Gradients for upstream grad [B, N, M]; one not asked for comes back as [0].
+  m.def(
+      "pairwise_mlp_scores_backward(Tensor grad, Tensor a, Tensor b, Tensor w, bool need_a, bool need_b, "
+      "bool need_w) -> (Tensor grad_a, Tensor grad_b, Tensor grad_w)");
+  // a [P, 2], b [Q, 2] spans [s, e) of one dtype -> IoU [P, Q] (float32 for integer spans).
+  m.def("temporal_iou(Tensor a, Tensor b) -> Tensor");
+  // spans [M, 2] fp32/fp64, scores [M], groups int64 [M] or absent -> kept indices (int64, score order).
+  m.def("span_nms(Tensor spans, Tensor scores, float iou_threshold, Tensor? groups, int max_keep) -> Tensor");
+  // ---- end vidvrd: scores, tiou, nms ----------------------------------------------------------
 }
 
 namespace {

@@ -2,6 +2,7 @@
 from .cka import cka_matrix, linear_cka
 from .continual import masked_cross_entropy, masked_softmax, pgd_linf_step_
 from .kd import kd_loss
+from .vidvrd import pairwise_mlp_scores, span_nms, temporal_iou
 from .viou import trajectory_viou
 
 # op name -> family, for `pyfastlab info` and `pyfastlab check`
@@ -12,8 +13,11 @@ OPS = {
     "kd_loss": "distill",
     "linear_cka": "distill",
     "cka_matrix": "distill",
+    "pairwise_mlp_scores": "vidvrd",
+    "temporal_iou": "vidvrd",
+    "span_nms": "vidvrd",
     "trajectory_viou": "vidvrd",
 }
 
-__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "kd_loss", "linear_cka", "cka_matrix", "trajectory_viou",
-           "OPS"]
+__all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "kd_loss", "linear_cka", "cka_matrix",
+           "pairwise_mlp_scores", "temporal_iou", "span_nms", "trajectory_viou", "OPS"]
