@@ -4,7 +4,7 @@ import sys
 
 import triton.language as tl
 
-from compile_triton_sm90 import compile_variant
+from compile_triton_sm90 import compile_all
 from pyfastlab.kernels import kd_loss as K
 
 
@@ -20,16 +20,7 @@ def variants():
 
 
 def main() -> int:
-    failures = count = 0
-    for fn, signature, constexprs in variants():
-        count += 1
-        try:
-            compile_variant(fn, signature, constexprs)
-        except Exception as exc:  # report every failing variant, not just the first
-            failures += 1
-            print(f"FAILED {fn.__name__} {constexprs}: {type(exc).__name__}: {str(exc)[:500]}")
-    print(f"compiled {count - failures} of {count} kd_loss Triton kernel variants for sm_90")
-    return 1 if failures else 0
+    return compile_all(variants(), "kd_loss")
 
 
 if __name__ == "__main__":

@@ -46,18 +46,23 @@ def variants():
                                  e_bits=bits, lo_bits=bits, hi_bits=bits), dict(ACC=acc, BLOCK=1024))
 
 
-def main() -> int:
-    failures = 0
-    count = 0
-    for fn, signature, constexprs in variants():
+def compile_all(variants, label: str, **options) -> int:
+    """Compiles every (kernel, signature, constexprs) variant, reporting each failure, not just
+    the first; returns the exit code."""
+    failures = count = 0
+    for fn, signature, constexprs in variants:
         count += 1
         try:
-            compile_variant(fn, signature, constexprs)
-        except Exception as exc:  # report every failing variant, not just the first
+            compile_variant(fn, signature, constexprs, **options)
+        except Exception as exc:
             failures += 1
-            print(f"FAILED {fn.__name__} {constexprs}: {type(exc).__name__}: {str(exc)[:500]}")
-    print(f"compiled {count - failures} of {count} Triton kernel variants for sm_90")
+            print(f"FAILED {fn.__name__} {signature} {constexprs}: {type(exc).__name__}: {str(exc)[:800]}")
+    print(f"compiled {count - failures} of {count} {label} Triton kernel variants for sm_90")
     return 1 if failures else 0
+
+
+def main() -> int:
+    return compile_all(variants(), "continual")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ Triton's bundled ptxas (no GPU needed), for each dtype; see compile_triton_sm90.
 TRITON_INTERPRET."""
 import sys
 
-from compile_triton_sm90 import compile_variant
+from compile_triton_sm90 import compile_all
 from pyfastlab.kernels import vidvrd_ops as K
 
 
@@ -25,16 +25,7 @@ def variants():
 
 
 def main() -> int:
-    failures = count = 0
-    for fn, signature, constexprs in variants():
-        count += 1
-        try:
-            compile_variant(fn, signature, constexprs, num_warps=4)
-        except Exception as exc:  # report every failing variant, not just the first
-            failures += 1
-            print(f"FAILED {fn.__name__} {signature} {constexprs}: {type(exc).__name__}: {str(exc)[:800]}")
-    print(f"compiled {count - failures} of {count} vidvrd Triton kernel variants for sm_90")
-    return 1 if failures else 0
+    return compile_all(variants(), "vidvrd", num_warps=4)
 
 
 if __name__ == "__main__":
