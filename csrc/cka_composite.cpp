@@ -77,4 +77,20 @@ std::tuple<at::Tensor, at::Tensor> pair_backward_terms(const at::Tensor& grad, c
   return {w, c};
 }
 
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> matrix_backward(
+    const at::Tensor& grad, at::TensorList xs, at::TensorList ys, const at::Tensor& cka, const at::Tensor& gx,
+    const at::Tensor& gy, const at::Tensor& beta_x, const at::Tensor& beta_y, bool need_x, bool need_y,
+    LayerGradients layer_gradients) {
+  std::vector<at::Tensor> grad_xs, grad_ys;
+  if (need_x) {
+    auto [w, c] = pair_backward_terms(grad, cka, gy, beta_x, beta_y);
+    grad_xs = layer_gradients(xs, w, c, gx, beta_x);
+  }
+  if (need_y) {
+    auto [w, c] = pair_backward_terms(grad.t(), cka.t(), gx, beta_y, beta_x);
+    grad_ys = layer_gradients(ys, w, c, gy, beta_y);
+  }
+  return {grad_xs, grad_ys};
+}
+
 }  // namespace pyfastlab::cka

@@ -292,16 +292,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> cka_matrix_backward
     const at::Tensor& grad, at::TensorList xs, at::TensorList ys, const at::Tensor& cka, const at::Tensor& gx,
     const at::Tensor& gy, const at::Tensor& beta_x, const at::Tensor& beta_y, bool need_x, bool need_y) {
   check_layers(xs, ys, false, "cka_matrix_backward");
-  std::vector<at::Tensor> grad_xs, grad_ys;
-  if (need_x) {
-    auto [w, c] = pair_backward_terms(grad, cka, gy, beta_x, beta_y);
-    grad_xs = layer_gradients(xs, w, c, gx, beta_x);
-  }
-  if (need_y) {
-    auto [w, c] = pair_backward_terms(grad.t(), cka.t(), gx, beta_y, beta_x);
-    grad_ys = layer_gradients(ys, w, c, gy, beta_y);
-  }
-  return {grad_xs, grad_ys};
+  return matrix_backward(grad, xs, ys, cka, gx, gy, beta_x, beta_y, need_x, need_y, &layer_gradients);
 }
 
 }  // namespace

@@ -5,24 +5,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kd_kernels.h"
+#include "pyfastlab/cpu_capability.h"
 #include "pyfastlab/kd_loss.h"
 
 namespace pyfastlab::kd::cpu {
 
 const KernelTable& kernels() {
-  static const KernelTable* table = [] {
-    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
-    const bool baseline = forced != nullptr && std::strcmp(forced, "default") == 0;
-#if defined(__x86_64__) || defined(_M_X64)
-    if (!baseline && kernels_avx2() != nullptr && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return kernels_avx2();
-#endif
-    return kernels_default();
-  }();
+  static const KernelTable* table = pick_cpu_kernels(&kernels_default, &kernels_avx2);
   return *table;
 }
 

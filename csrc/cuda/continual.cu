@@ -38,12 +38,20 @@
 #include <type_traits>
 
 #include "pyfastlab/continual.h"
+#include "pyfastlab/cuda_rows.cuh"
 
 namespace pyfastlab::continual::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
+namespace rows = pyfastlab::cuda_rows;
+using rows::ceil_div;
+using rows::inf;
+using rows::kFullMask;
+using rows::kWarp;
+using rows::qnan;
+using rows::row_allreduce;
+using rows::warp_sum;
+
 constexpr int64_t kWarpRowMaxC = 1024;  // up to this C a warp owns a row
 constexpr int kWarpRowBlock = 256;      // 8 warp-rows per block
 constexpr int kBlockRowThreads = 512;   // longer rows: one block each, several resident per SM
@@ -59,16 +67,7 @@ constexpr int kReduceThreads = 512;     // the single-block count / finalize ker
 constexpr int kElementwiseThreads = 256;
 constexpr int64_t kMaxGrid = int64_t(1) << 30;  // grid-stride loops cover any N beyond it
 
-template <typename T>
-__host__ __device__ constexpr T inf() {
-  return std::numeric_limits<T>::infinity();
-}
-template <typename T>
-__host__ __device__ constexpr T qnan() {
-  return std::numeric_limits<T>::quiet_NaN();
-}
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool is_aligned(const void* ptr, int64_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 // exp(x), x mostly v - max <= 0. Float: exp2 with log2(e) folded in, the hardware's native
@@ -79,38 +78,17 @@ __device__ __forceinline__ double exp_op(double x) { return ::exp(x); }
 __device__ __forceinline__ float log_op(float x) { return ::logf(x); }
 __device__ __forceinline__ double log_op(double x) { return ::log(x); }
 
-// Adds x to a running (max m, sum s of exp(v - m)). -inf-safe: nothing is rescaled while the max
-// is -inf, so a row of -inf values ends as (-inf, 0), never NaN. NaN-propagating: a NaN value
-// makes both NaN (the CPU's NaN max), so such a row stays counted with a NaN loss. A +inf max
-// leaves a finite s here; callers turn it into NaN, as the CPU's exp(inf - inf) does.
+struct ExpOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x) const { return exp_op(x); }
+};
+using MaxSumOp = rows::MaxSumOp<ExpOp>;
 template <typename T>
 __device__ __forceinline__ void online_add(T& m, T& s, T x) {
-  if (x > m) {
-    s = s * exp_op(m - x) + T(1);
-    m = x;
-  } else if (x <= m) {
-    if (m != -inf<T>()) s += exp_op(x - m);
-  } else {
-    m = s = qnan<T>();
-  }
+  rows::online_add<ExpOp>(m, s, x);
 }
 
-// Merges two (max, sum) partials. Symmetric bit for bit (the larger max always absorbs the
-// smaller), so a butterfly leaves every lane with the same result. Identity: (-inf, 0).
-struct MaxSumOp {
-  template <typename T>
-  __device__ __forceinline__ void operator()(T& m, T& s, T m2, T s2) const {
-    if (isnan(m) || isnan(m2)) {
-      m = s = qnan<T>();
-      return;
-    }
-    if (m2 > m) {
-      const T tm = m, ts = s;
-      m = m2, s = s2, m2 = tm, s2 = ts;
-    }
-    if (m2 != -inf<T>()) s += s2 * exp_op(m2 - m);
-  }
-};
+
 
 // (max ignoring NaN, sum): the softmax backward's dead-row test and dot product. Identity: (-inf, 0).
 struct MaxAddOp {
@@ -121,46 +99,6 @@ struct MaxAddOp {
   }
 };
 
-// All-reduce of a pair over the kRowThreads threads that share a row; every thread ends with the
-// same bits. Above a warp, warp 0 combines the per-warp partials once and broadcasts through smem
-// (2 * (kRowThreads / 32 + 1) values). Between two calls no extra barrier is needed: a warp can
-// only rewrite its partial after the second barrier, which warp 0 passes after reading them, and
-// warp 0 rewrites the result only after the first barrier, which every reader passes after reading.
-template <int kRowThreads, typename T, typename Op>
-__device__ __forceinline__ void row_allreduce(T& a, T& b, Op op, T* smem) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) {
-    const T a2 = __shfl_xor_sync(kFullMask, a, off);
-    const T b2 = __shfl_xor_sync(kFullMask, b, off);
-    op(a, b, a2, b2);
-  }
-  if constexpr (kRowThreads > kWarp) {
-    constexpr int kWarps = kRowThreads / kWarp;
-    const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-    if (lane == 0) {
-      smem[warp] = a;
-      smem[kWarps + warp] = b;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      a = lane < kWarps ? smem[lane] : -inf<T>();
-      b = lane < kWarps ? smem[kWarps + lane] : T(0);
-#pragma unroll
-      for (int off = kWarp / 2; off > 0; off >>= 1) {
-        const T a2 = __shfl_xor_sync(kFullMask, a, off);
-        const T b2 = __shfl_xor_sync(kFullMask, b, off);
-        op(a, b, a2, b2);
-      }
-      if (lane == 0) {
-        smem[2 * kWarps] = a;
-        smem[2 * kWarps + 1] = b;
-      }
-    }
-    __syncthreads();
-    a = smem[2 * kWarps];
-    b = smem[2 * kWarps + 1];
-  }
-}
 
 // v_k: z_k (active) | m (const-masked; z is ignored, NaN included) | z_k + d (detach-masked).
 template <typename scalar_t, typename opmath_t>
@@ -222,6 +160,16 @@ struct CrossEntropyParams {
   scalar_t* grad;  // gradient for upstream 1, or nullptr
 };
 
+// A row's outputs: l_i (0 when not counted), whether it counts, and w_i l_i for the reduction.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ void store_row(const CrossEntropyParams<scalar_t>& p, int64_t i, bool counted, opmath_t l,
+                                          opmath_t w) {
+  p.row_loss[i] = l;
+  p.counted[i] = counted;
+  if (p.row_out != nullptr) p.row_out[i] = w * l;
+  if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(w * l);
+}
+
 template <int kRowThreads, int kBlockThreads, typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const CrossEntropyParams<scalar_t> p) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -243,12 +191,7 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
       row_allreduce<kRowThreads>(M, S, MaxSumOp{}, smem);
     }
     if (M == -inf<opmath_t>()) {  // ignored, masked or bad target, or every v = -inf: not counted
-      if (tid == 0) {
-        p.row_loss[i] = 0;
-        p.counted[i] = false;
-        if (p.row_out != nullptr) p.row_out[i] = 0;
-        if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(opmath_t(0));
-      }
+      if (tid == 0) store_row(p, i, false, opmath_t(0), opmath_t(0));
       if (g != nullptr)
         for (int64_t k = tid; k < p.C; k += kRowThreads) g[k] = static_cast<scalar_t>(opmath_t(0));
       continue;
@@ -256,13 +199,7 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
     if (M == inf<opmath_t>()) S = qnan<opmath_t>();
     const opmath_t lse = M + log_op(S);
     const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
-    if (tid == 0) {
-      const opmath_t l = lse - static_cast<opmath_t>(z[st.y]);  // v_y = z_y: the target is active
-      p.row_loss[i] = l;
-      p.counted[i] = true;
-      if (p.row_out != nullptr) p.row_out[i] = w * l;
-      if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(w * l);
-    }
+    if (tid == 0) store_row(p, i, true, lse - static_cast<opmath_t>(z[st.y]), w);  // v_y = z_y: active
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
@@ -522,12 +459,7 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
       row_allreduce<kBlockRowThreads>(M, S, MaxSumOp{}, smem);
     }
     if (M == -inf<opmath_t>()) {  // ignored, masked or bad target, or every v = -inf: not counted
-      if (tid == 0) {
-        p.row_loss[i] = 0;
-        p.counted[i] = false;
-        if (p.row_out != nullptr) p.row_out[i] = 0;
-        if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(opmath_t(0));
-      }
+      if (tid == 0) store_row(p, i, false, opmath_t(0), opmath_t(0));
       if (g != nullptr)
         for (int k = tid; k < nvec; k += kBlockRowThreads) g[k] = zero_pack<scalar_t>();
       continue;
@@ -535,13 +467,8 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
     if (M == inf<opmath_t>()) S = qnan<opmath_t>();
     const opmath_t lse = M + log_op(S);
     const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
-    if (tid == 0) {
-      const opmath_t l = lse - static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y]);  // v_y = z_y
-      p.row_loss[i] = l;
-      p.counted[i] = true;
-      if (p.row_out != nullptr) p.row_out[i] = w * l;
-      if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(w * l);
-    }
+    if (tid == 0)  // v_y = z_y: the target is active
+      store_row(p, i, true, lse - static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y]), w);
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
@@ -590,14 +517,6 @@ struct CountParams {
   bool mean;
   int64_t* counts;
 };
-
-// Sum over a warp; lane 0 holds the result. Fixed order: deterministic.
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(kFullMask, v, off);
-  return v;
-}
 
 // One block, so the reduction order depends on nothing but N: bit-identical runs, no float atomics.
 // Used twice: as the pre-pass (n_pre and bad, which the main kernel's mean coefficient needs) and

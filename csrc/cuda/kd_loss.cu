@@ -23,63 +23,41 @@
 #include <limits>
 #include <tuple>
 
+#include "pyfastlab/cuda_rows.cuh"
 #include "pyfastlab/kd_loss.h"
 
 namespace pyfastlab::kd::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
+namespace rows = pyfastlab::cuda_rows;
+using rows::ceil_div;
+using rows::inf;
+using rows::kFullMask;
+using rows::kWarp;
+using rows::qnan;
+using rows::row_allreduce;
+using rows::warp_sum;
+
 constexpr int64_t kWarpRowMaxC = 1024;  // up to this C a warp owns a row
 constexpr int kWarpRowBlock = 256;      // 8 warp-rows per block
 constexpr int kBlockRowThreads = 512;   // longer rows: one block each
 constexpr int kReduceThreads = 512;     // the single-block finalize kernel
 constexpr int64_t kMaxGrid = int64_t(1) << 30;  // grid-stride loops cover any N beyond it
 
-template <typename T>
-__host__ __device__ constexpr T inf() {
-  return std::numeric_limits<T>::infinity();
-}
-template <typename T>
-__host__ __device__ constexpr T qnan() {
-  return std::numeric_limits<T>::quiet_NaN();
-}
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 __device__ __forceinline__ float exp_op(float x) { return ::expf(x); }
 __device__ __forceinline__ double exp_op(double x) { return ::exp(x); }
 __device__ __forceinline__ float log_op(float x) { return ::logf(x); }
 __device__ __forceinline__ double log_op(double x) { return ::log(x); }
 
-// Adds x to a running (max m, sum s of exp(v - m)). Nothing is rescaled while the max is -inf, so
-// a row of -inf ends as (-inf, 0); a NaN makes both NaN; a +inf max is caught by the caller.
+struct ExpOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x) const { return exp_op(x); }
+};
+using MaxSumOp = rows::MaxSumOp<ExpOp>;
 template <typename T>
 __device__ __forceinline__ void online_add(T& m, T& s, T x) {
-  if (x > m) {
-    s = s * exp_op(m - x) + T(1);
-    m = x;
-  } else if (x <= m) {
-    if (m != -inf<T>()) s += exp_op(x - m);
-  } else {
-    m = s = qnan<T>();
-  }
+  rows::online_add<ExpOp>(m, s, x);
 }
-
-// Merges two (max, sum) partials; symmetric bit for bit, so every lane ends with the same result.
-struct MaxSumOp {
-  template <typename T>
-  __device__ __forceinline__ void operator()(T& m, T& s, T m2, T s2) const {
-    if (isnan(m) || isnan(m2)) {
-      m = s = qnan<T>();
-      return;
-    }
-    if (m2 > m) {
-      const T tm = m, ts = s;
-      m = m2, s = s2, m2 = tm, s2 = ts;
-    }
-    if (m2 != -inf<T>()) s += s2 * exp_op(m2 - m);
-  }
-};
 
 struct SumOp {
   template <typename T>
@@ -88,40 +66,6 @@ struct SumOp {
     b += b2;
   }
 };
-
-// All-reduce of a pair over the kRowThreads threads that share a row: a butterfly within the warp,
-// then (block rows) warp 0 combines the per-warp partials in a fixed order and broadcasts them
-// through smem. Consecutive calls need no extra barrier: a warp rewrites its partial only after
-// the second barrier, which warp 0 passes after reading them, and warp 0 rewrites the result only
-// after the first barrier, which every reader passes after reading.
-template <int kRowThreads, typename T, typename Op>
-__device__ __forceinline__ void row_allreduce(T& a, T& b, Op op, T* smem) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) {
-    const T a2 = __shfl_xor_sync(kFullMask, a, off);
-    const T b2 = __shfl_xor_sync(kFullMask, b, off);
-    op(a, b, a2, b2);
-  }
-  if constexpr (kRowThreads > kWarp) {
-    constexpr int kWarps = kRowThreads / kWarp;
-    const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-    if (lane == 0) {
-      smem[warp] = a;
-      smem[kWarps + warp] = b;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      a = smem[0];
-      b = smem[kWarps];
-      for (int w = 1; w < kWarps; ++w) op(a, b, smem[w], smem[kWarps + w]);
-      smem[2 * kWarps] = a;
-      smem[2 * kWarps + 1] = b;
-    }
-    __syncthreads();
-    a = smem[2 * kWarps];
-    b = smem[2 * kWarps + 1];
-  }
-}
 
 template <typename scalar_t>
 struct RowParams {
@@ -218,13 +162,6 @@ __global__ void __launch_bounds__(kBlockThreads) kd_rows_kernel(const RowParams<
       if (p.loss_none != nullptr) p.loss_none[i] = static_cast<scalar_t>(l);
     }
   }
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(kFullMask, v, off);
-  return v;
 }
 
 // One block, so the summation order depends on nothing but N.

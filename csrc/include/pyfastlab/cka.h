@@ -85,4 +85,14 @@ std::tuple<at::Tensor, at::Tensor> pair_backward_terms(const at::Tensor& grad, c
                                                        const at::Tensor& gy, const at::Tensor& beta_x,
                                                        const at::Tensor& beta_y);
 
+// dX_l for every layer of one side from the terms above; each device has its own.
+using LayerGradients = std::vector<at::Tensor> (*)(at::TensorList layers, const at::Tensor& w, const at::Tensor& c,
+                                                   const at::Tensor& own, const at::Tensor& beta);
+
+// The whole cka_matrix backward for upstream grad [L, M]: a side not asked for is an empty list.
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> matrix_backward(
+    const at::Tensor& grad, at::TensorList xs, at::TensorList ys, const at::Tensor& cka, const at::Tensor& gx,
+    const at::Tensor& gy, const at::Tensor& beta_x, const at::Tensor& beta_y, bool need_x, bool need_y,
+    LayerGradients layer_gradients);
+
 }  // namespace pyfastlab::cka
