@@ -16,27 +16,20 @@ half-precision inputs are upcast first there (the interpreter has no bf16 arithm
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRET as _INTERPRET, opmath as _opmath
+
 __all__ = ["linear_cka_forward", "linear_cka_backward", "cka_matrix_forward", "cka_matrix_backward"]
 
-try:
-    _INTERPRET = bool(triton.knobs.runtime.interpret)
-except AttributeError:  # older triton: no knobs module
-    _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Interpreted programs are numpy calls: bigger tiles mean fewer of them.
 BLOCK_D = 256 if _INTERPRET else 64
 BLOCK_ROWS = 256 if _INTERPRET else 32
 TILE = 128 if _INTERPRET else 64
 ELEMWISE_BLOCK = 65536 if _INTERPRET else 1024
-
-
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _tl_acc(dtype: torch.dtype):

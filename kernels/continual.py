@@ -20,13 +20,13 @@ Under ``TRITON_INTERPRET=1`` (set before triton is imported) the same helpers ru
 from __future__ import annotations
 
 import contextlib
-import os
-import struct
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import INTERPRET as _INTERPRET, bits as _bits, decode as _decode, opmath as _opmath
 
 __all__ = [
     "masked_cross_entropy",
@@ -43,10 +43,6 @@ MAX_FUSED_C = 32768
 MAX_FUSED_C_F64 = 8192
 # Under TRITON_INTERPRET=1 every program runs as numpy calls in Python: bigger blocks there mean
 # fewer programs (same code paths; the looped kernels still take several blocks at C > 32768).
-try:
-    _INTERPRET = bool(triton.knobs.runtime.interpret)
-except AttributeError:  # older triton: no knobs module
-    _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Column block of the looped kernels.
 LOOP_BLOCK = 16384 if _INTERPRET else 4096
 # Elements per program in the fused kernels when several short rows share a program.
@@ -62,15 +58,6 @@ _G_ALL, _G_TABLE, _G_ROW, _G_FIRST = 0, 1, 2, 3
 # ------------------------------------------------------------------------------------------------
 # jit helpers
 # ------------------------------------------------------------------------------------------------
-@triton.jit
-def _decode(bits, ACC: tl.constexpr):
-    """Opmath scalar from its integer bit pattern (see _bits)."""
-    if ACC == tl.float64:
-        return bits.to(tl.int64).to(tl.float64, bitcast=True)
-    else:
-        return bits.to(tl.int32).to(tl.float32, bitcast=True)
-
-
 @triton.jit
 def _row_group(grp_ptr, rows, rmask, G, GMODE: tl.constexpr):
     """Mask-table row of each row: -1 = all active; an out-of-range row_group also reads -1
@@ -475,19 +462,8 @@ def _pgd_step(x_ptr, g_ptr, x0_ptr, n, a_bits, e_bits, lo_bits, hi_bits,
 # ------------------------------------------------------------------------------------------------
 # launch helpers
 # ------------------------------------------------------------------------------------------------
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _bits(x: float, dtype: torch.dtype) -> int:
-    """Bit pattern (signed int) of x rounded to the opmath type of dtype: exact for float64."""
-    if _opmath(dtype) == torch.float64:
-        return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-    return struct.unpack("<i", struct.pack("<f", float(x)))[0]
 
 
 def _device(t: torch.Tensor):

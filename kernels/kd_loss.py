@@ -15,31 +15,19 @@ be passed as float32, inexact for float64 inputs).
 from __future__ import annotations
 
 import contextlib
-import os
-import struct
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRET as _INTERPRET, bits as _bits, decode as _decode, opmath as _opmath
+
 __all__ = ["kd_loss_forward", "LOOP_BLOCK"]
 
-try:
-    _INTERPRET = bool(triton.knobs.runtime.interpret)
-except AttributeError:  # older triton: no knobs module
-    _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Column block: the interpreter runs each block as numpy calls, so bigger blocks mean fewer.
 LOOP_BLOCK = 16384 if _INTERPRET else 4096
 _NONE, _SUM, _BATCHMEAN = 0, 1, 2
-
-
-@triton.jit
-def _decode(bits, ACC: tl.constexpr):
-    if ACC == tl.float64:
-        return bits.to(tl.int64).to(tl.float64, bitcast=True)
-    else:
-        return bits.to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -134,17 +122,6 @@ def _kd_fwd(s_ptr, t_ptr, y_ptr, loss_ptr, valid_ptr, g_ptr, C, ignore_index,
     loss = tl.where(zero, 0.0, tl.where(bad, float("nan"), loss))
     tl.store(loss_ptr + row, loss)
     tl.store(valid_ptr + row, valid.to(tl.uint8))
-
-
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _bits(x: float, dtype: torch.dtype) -> int:
-    """Bit pattern (signed int) of x rounded to the opmath type of dtype: exact for float64."""
-    if _opmath(dtype) == torch.float64:
-        return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-    return struct.unpack("<i", struct.pack("<f", float(x)))[0]
 
 
 def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, target: Optional[torch.Tensor],

@@ -14,18 +14,15 @@ Math in float32 (float64 for float64 inputs); half inputs are upcast before laun
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRET as _INTERPRET
+
 __all__ = ["pairwise_forward", "pairwise_backward", "temporal_iou", "span_nms_keep"]
 
-try:
-    _INTERPRET = bool(triton.knobs.runtime.interpret)
-except AttributeError:  # older triton: no knobs module
-    _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # BN * BM * BH <= 16 K (spec 6); the interpreter runs each block as numpy calls, so bigger blocks mean fewer.
 _BN, _BM, _BH = 16, 16, 32
 _BJ = 64 if _INTERPRET else 32

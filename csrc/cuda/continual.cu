@@ -88,8 +88,6 @@ __device__ __forceinline__ void online_add(T& m, T& s, T x) {
   rows::online_add<ExpOp>(m, s, x);
 }
 
-
-
 // (max ignoring NaN, sum): the softmax backward's dead-row test and dot product. Identity: (-inf, 0).
 struct MaxAddOp {
   template <typename T>
