@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops._checks import check_choice, check_finite
 from .losses import DISTRIBUTIONS, VAELossTerms, check_posterior, gaussian_kl, reconstruction_loss
@@ -52,6 +53,12 @@ def _log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (_LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar))
 
 
+def _chunk_marginals(zc: Tensor, wc: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    """(log q(z_b), log prod_d q(z_bd)) for the rows b of one chunk."""
+    table = _log_density(zc.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))   # [c, B(j), n]
+    return torch.logsumexp(table.sum(2) + wc, dim=1), torch.logsumexp(table + wc.unsqueeze(2), dim=1).sum(1)
+
+
 def total_correlation_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, estimator: str = "mss",
                             *, chunk_size: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
     """(MI, TC, dimKL), each a scalar batch mean, for samples z `[B, n]` of the posteriors (mu, logvar).
@@ -68,12 +75,15 @@ def total_correlation_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size:
         log_w = mss_log_weights(batch, dataset_size, dtype=z.dtype, device=z.device)
     else:
         log_w = torch.full((batch, batch), -math.log(dataset_size * batch), dtype=z.dtype, device=z.device)
+    # with several chunks, each chunk's table is recomputed in the backward instead of saved, so
+    # neither pass holds more than chunk_size * B * n entries
+    several = chunk_size < batch and torch.is_grad_enabled()
     log_qz, log_prod = [], []
     for start in range(0, batch, chunk_size):
-        zc, wc = z[start:start + chunk_size], log_w[start:start + chunk_size]
-        table = _log_density(zc.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))   # [c, B(j), n]
-        log_qz.append(torch.logsumexp(table.sum(2) + wc, dim=1))
-        log_prod.append(torch.logsumexp(table + wc.unsqueeze(2), dim=1).sum(1))
+        args = (z[start:start + chunk_size], log_w[start:start + chunk_size], mu, logvar)
+        out = checkpoint(_chunk_marginals, *args, use_reentrant=False) if several else _chunk_marginals(*args)
+        log_qz.append(out[0])
+        log_prod.append(out[1])
     log_qz, log_prod = torch.cat(log_qz), torch.cat(log_prod)
     log_qz_x = _log_density(z, mu, logvar).sum(1)
     log_pz = (-0.5 * (_LOG_2PI + z.square())).sum(1)

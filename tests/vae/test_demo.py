@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pyfastlab.demos import DEMOS
 from pyfastlab.vae import demo
@@ -37,7 +38,6 @@ def test_variants_table_entries_build_objectives():
     model = demo.build_model("mlp")
     for variant in demo.VARIANTS.values():
         objective = variant.build(model, 5760)
-        import torch
         x = (torch.rand(8, 1, 32, 32) > 0.5).float()
         terms = objective(model, x, torch.Generator().manual_seed(0))
         assert torch.isfinite(terms.loss) and terms.loss.requires_grad
