@@ -138,6 +138,13 @@ def test_mfvm_identity_is_one_and_random_low():
     assert multi_factor_vote_score(DEMO, lambda c: identity(c)[:, :1].repeat(1, 2), 3, protocol="demo").score == 0.0
 
 
+def test_mfvm_missing_factor_lowers_only_its_keys():
+    """Factor 4 has no dimension: the 4 of 10 pairs that fix it vote for a random second dimension."""
+    codes = lambda c: torch.cat([c[:, :4], Noise(4, int(c.sum()) % 991)(c)], dim=1)
+    r = multi_factor_vote_score(DEMO, codes, 2, protocol="demo")
+    assert 0.6 < r.score < 0.85 and r.details["keys_seen"][2] == 10
+
+
 # -- pieces against independent implementations ---------------------------------------------------
 
 def test_discretize_matches_numpy_histogram_digitize():

@@ -18,7 +18,7 @@ from ._votes import active_dims, fixed_groups, global_variance, normalised_local
 
 
 def _score_k(data, encode, k, params, variance, active, code, gen, encode_batch) -> tuple[float, int]:
-    num_factors, num_dims, num = len(data.factor_sizes), variance.numel(), params["num_votes"]
+    num_factors, num = len(data.factor_sizes), params["num_votes"]
     factors = torch.rand(num, num_factors, generator=gen).argsort(dim=1)[:, :k]      # k distinct, uniform
     fixed = torch.zeros(num, num_factors, dtype=torch.bool).scatter_(1, factors, True)
     classes = fixed_groups(data, num, params["batch_size"], fixed, gen)
@@ -27,10 +27,8 @@ def _score_k(data, encode, k, params, variance, active, code, gen, encode_batch)
     dims = ratio.argsort(dim=1, stable=True)[:, :k]
     key = (torch.ones(num, 1, dtype=torch.long) << factors).sum(1)
     dim_set = (torch.ones(num, 1, dtype=torch.long) << dims).sum(1)
-    pair = key * (1 << num_dims) + dim_set
-    pairs, counts = torch.unique(pair, return_counts=True)
-    pair_key = pairs >> num_dims
-    keys, key_index = torch.unique(pair_key, return_inverse=True)
+    pairs, counts = torch.unique(torch.stack([key, dim_set], dim=1), dim=0, return_counts=True)
+    keys, key_index = torch.unique(pairs[:, 0], return_inverse=True)
     best = torch.zeros(keys.numel(), dtype=torch.long).scatter_reduce_(0, key_index, counts, "amax")
     totals = torch.zeros(keys.numel(), dtype=torch.long).index_add_(0, key_index, counts)
     return float((best.double() / totals.double()).mean()), int(keys.numel())
