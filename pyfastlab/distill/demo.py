@@ -322,7 +322,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{student_epochs} student epochs")
     teacher = train_teacher(data, teacher_epochs)
     teacher_acc = accuracy(teacher, data.x_test, data.y_test)
-    console.print(f"teacher test accuracy {teacher_acc:.3f} ({teacher_epochs} epochs, {time.perf_counter() - start:.1f} s)")
+    console.print(f"teacher test accuracy {teacher_acc:.3f} ({teacher_epochs} epochs, "
+                  f"{time.perf_counter() - start:.1f} s)")
     cache = teacher_cache(teacher, data)
     with torch.no_grad():
         teacher_test_pooled = teacher.taps(data.x_test)["pooled"].flatten(1)

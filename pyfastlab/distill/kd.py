@@ -21,7 +21,8 @@ class KDLoss(nn.Module):
                  ignore_index: int = -100, reduction: str = "batchmean"):
         super().__init__()
         _check_scalars(temperature, soft_weight, hard_weight, reduction)
-        self.temperature, self.soft_weight, self.hard_weight = float(temperature), float(soft_weight), float(hard_weight)
+        self.temperature = float(temperature)
+        self.soft_weight, self.hard_weight = float(soft_weight), float(hard_weight)
         self.ignore_index, self.reduction = int(ignore_index), reduction
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:

@@ -67,8 +67,12 @@ class GlobalInterFeatureLoss(nn.Module):
         self.gamma_m, self.eps, self.dist_eps = gamma_m, check_eps(eps), check_eps(dist_eps)
         self.distance_norm, self.debiased = distance_norm, bool(debiased)
         memory = teacher_memory.detach().clone()
+        gram = _normalised_gram(memory, self.debiased)
+        if not bool(torch.isfinite(gram).all()):  # once, at construction: not a per-step sync
+            raise ValueError("teacher_memory has no usable spread: its centroids are all equal (or non-finite), "
+                             "so the memory CKA is undefined")
         self.register_buffer("teacher_memory", memory)
-        self.register_buffer("teacher_gram", _normalised_gram(memory, self.debiased).to(memory.dtype))
+        self.register_buffer("teacher_gram", gram.to(memory.dtype))
         self.student_memory = nn.Parameter(torch.randn(n_slots, student_dim, dtype=memory.dtype,
                                                        device=memory.device))
         self.components: dict[str, Tensor] = {}

@@ -92,6 +92,8 @@ def test_global_loss_bad_input():
         GlobalInterFeatureLoss(randn(0, 6, seed=0), 3)
     with pytest.raises(ValueError, match="C >= 4 centroids"):
         GlobalInterFeatureLoss(memory[:3], 3, debiased=True)
+    with pytest.raises(ValueError, match="centroids are all equal"):
+        GlobalInterFeatureLoss(torch.ones(4, 6, dtype=torch.float64), 3)
     with pytest.raises(ValueError, match="student_dim"):
         GlobalInterFeatureLoss(memory, 0)
     with pytest.raises(ValueError, match="gamma_m"):
