@@ -5,7 +5,11 @@ import importlib
 from typing import Callable
 
 # family -> module whose main(argv) runs the demo and returns an exit code (imported on use).
-_DEMO_MODULES = {"continual": "pyfastlab.continual.demo", "vae": "pyfastlab.vae.demo"}
+_DEMO_MODULES = {
+    "continual": "pyfastlab.continual.demo",
+    "distill": "pyfastlab.distill.demo",
+    "vae": "pyfastlab.vae.demo",
+}
 
 
 def _entry(module: str) -> Callable[[list[str]], int]:

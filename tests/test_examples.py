@@ -7,7 +7,11 @@ import pytest
 
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 # The short form of the long demos; the full runs are for the README's numbers.
-ARGS = {"continual_split_digits.py": ["--quick"], "vae_demo.py": ["--steps", "50", "--seeds", "1"]}
+ARGS = {
+    "continual_split_digits.py": ["--quick"],
+    "distill_digits.py": ["--quick", "--check"],
+    "vae_demo.py": ["--steps", "50", "--seeds", "1"],
+}
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
