@@ -26,6 +26,8 @@ def _check_partner(partner, n_rows: int, device, backend: str):
     if partner.shape[0] != n_rows:
         raise ValueError(f"partner must be [B={n_rows}] (one partner row per row), got shape {tuple(partner.shape)}")
     # CPU kernels raise themselves (naming the row); elsewhere a host check when asked for or cheap
+    if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
+        return
     if backend != "cpu" and n_rows > 0 and (partner.device.type == "cpu" or device_checks_enabled()):
         bad = (partner < 0) | (partner >= n_rows)
         if bool(bad.any()):
@@ -75,7 +77,7 @@ def mixed_logits_cross_entropy(logits, partner, lam, target, *, reduction="mean"
     if chosen == "reference":
         return reference.mixed_logits_cross_entropy(logits, partner, lam if lam_t is not None else lam_s, target,
                                                     reduction)
-    if chosen != "cpu" and device_checks_enabled() and target.numel() > 0:
+    if chosen != "cpu" and device_checks_enabled() and target.numel() > 0 and not torch.compiler.is_compiling():
         if bool(((target < 0) | (target >= logits.shape[1])).any()):
             raise IndexError(f"target has values outside [0, {logits.shape[1]})")
     loss, _ = op_for("mixed_logits_cross_entropy", chosen)(logits.contiguous(), partner, lam_t, lam_s, target,

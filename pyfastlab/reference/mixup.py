@@ -31,7 +31,12 @@ def pair_mix(x, partner, lam):
     lam_col = _lam_rows(lam, x.shape[0], xo)
     other = xo.index_select(0, partner)
     mixed = lam_col * xo + (1 - lam_col) * other
+    ends = (lam_col == 1) | (lam_col == 0)
     out = torch.where(lam_col == 1, xo, torch.where(lam_col == 0, other, mixed))
+    # The backward is the plain formula also at the ends (3.1): torch.where would give lam no
+    # gradient there, so a zero-valued term carries d out / d lam = x - x[p] on those rows.
+    diff = torch.nan_to_num((xo - other).detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    out = out + torch.where(ends, (lam_col - lam_col.detach()) * diff, 0.0)
     return out.to(x.dtype)
 
 
