@@ -97,6 +97,26 @@ TORCH_LIBRARY(pyfastlab, m) {
   // spans [M, 2] fp32/fp64, scores [M], groups int64 [M] or absent -> kept indices (int64, score order).
   m.def("span_nms(Tensor spans, Tensor scores, float iou_threshold, Tensor? groups, int max_keep) -> Tensor");
   // ---- end vidvrd: scores, tiou, nms ----------------------------------------------------------
+  // ---- mixup: pair_mix, mixed CE, uniformity ----------------------------------------------------
+  // x [B, D] floating, partner int64 [B] (repeats allowed), lam absent (lam_scalar used), 0-dim or [B].
+  // out[i] = lam_i x_i + (1 - lam_i) x_{p_i}, exactly x_i at lam 1 and x_{p_i} at lam 0.
+  m.def("pair_mix(Tensor x, Tensor partner, Tensor? lam, float lam_scalar) -> Tensor");
+  // grad_lam in lam's shape, or empty when lam_grad is false.
+  m.def(
+      "pair_mix_backward(Tensor grad, Tensor x, Tensor partner, Tensor? lam, float lam_scalar, bool lam_grad) "
+      "-> (Tensor grad_x, Tensor grad_lam)");
+  // CE of the mixed logits without storing them; reduction 0 none / 1 mean / 2 sum; lse opmath [B].
+  m.def(
+      "mixed_logits_cross_entropy(Tensor logits, Tensor partner, Tensor? lam, float lam_scalar, Tensor target, "
+      "int reduction) -> (Tensor loss, Tensor lse)");
+  m.def(
+      "mixed_logits_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor partner, Tensor? lam, "
+      "float lam_scalar, Tensor target, Tensor lse, int reduction, bool lam_grad) -> (Tensor grad_logits, "
+      "Tensor grad_lam)");
+  // log mean_{a<b} exp(-t ||x_a - x_b||^2), tiled (never [N, N]); lse opmath 0-dim.
+  m.def("uniformity_loss(Tensor x, float t) -> (Tensor loss, Tensor lse)");
+  m.def("uniformity_loss_backward(Tensor grad, Tensor x, float t, Tensor lse) -> Tensor");
+  // ---- end mixup --------------------------------------------------------------------------------
 }
 
 namespace {

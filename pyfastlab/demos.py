@@ -8,6 +8,7 @@ from typing import Callable
 _DEMO_MODULES = {
     "continual": "pyfastlab.continual.demo",
     "distill": "pyfastlab.distill.demo",
+    "mixup": "pyfastlab.mixup.demo",
     "vae": "pyfastlab.vae.demo",
 }
 

@@ -10,6 +10,7 @@ EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glo
 ARGS = {
     "continual_split_digits.py": ["--quick"],
     "distill_digits.py": ["--quick", "--check"],
+    "mixup_digits.py": ["--quick"],
     "vae_demo.py": ["--steps", "50", "--seeds", "1"],
 }
 

@@ -2,6 +2,7 @@
 from .cka import cka_matrix, linear_cka
 from .continual import masked_cross_entropy, masked_softmax, pgd_linf_step_
 from .kd import kd_loss
+from .mixup import mixed_logits_cross_entropy, pair_mix, uniformity_loss
 from .vidvrd import pairwise_mlp_scores, span_nms, temporal_iou
 from .viou import trajectory_viou
 
@@ -17,7 +18,11 @@ OPS = {
     "temporal_iou": "vidvrd",
     "span_nms": "vidvrd",
     "trajectory_viou": "vidvrd",
+    "pair_mix": "mixup",
+    "mixed_logits_cross_entropy": "mixup",
+    "uniformity_loss": "mixup",
 }
 
 __all__ = ["masked_cross_entropy", "masked_softmax", "pgd_linf_step_", "kd_loss", "linear_cka", "cka_matrix",
-           "pairwise_mlp_scores", "temporal_iou", "span_nms", "trajectory_viou", "OPS"]
+           "pairwise_mlp_scores", "temporal_iou", "span_nms", "trajectory_viou",
+           "pair_mix", "mixed_logits_cross_entropy", "uniformity_loss", "OPS"]

@@ -1,0 +1,9 @@
+"""pytest-benchmark cases of the mixup family (pyfastlab/bench/*_cases.py with family="mixup")."""
+import pytest
+
+from pyfastlab.bench import pytest_cases
+
+
+@pytest.mark.parametrize("case,impl_name", pytest_cases.params("mixup"))
+def test_mixup(benchmark, request, case, impl_name):
+    pytest_cases.run(benchmark, request, case, impl_name)

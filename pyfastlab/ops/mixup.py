@@ -1,0 +1,101 @@
+"""Public mixup ops: pair_mix (rows mixed with a partner row of the same batch),
+mixed_logits_cross_entropy (the cross-entropy of mixed logits without storing them) and
+uniformity_loss (the Wang & Isola uniformity, tiled, without an [N, N] buffer).
+
+The math is mixup.md section 3. Each call validates its arguments, picks a backend ("auto": the
+compiled CPU kernel for CPU tensors; CUDA, else Triton, else the reference for CUDA tensors) and
+dispatches to torch.ops.pyfastlab. lam outside [0, 1] is allowed (extrapolation, spec 3.1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..reference import mixup as reference
+from . import _backends
+from ._checks import check_choice, check_tensor, device_checks_enabled
+from ._mixup_registry import op_for
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _check_partner(partner, n_rows: int, device, backend: str):
+    check_tensor("partner", partner, dtypes=(torch.int64,), dim=1, device=device)
+    if partner.shape[0] != n_rows:
+        raise ValueError(f"partner must be [B={n_rows}] (one partner row per row), got shape {tuple(partner.shape)}")
+    # CPU kernels raise themselves (naming the row); elsewhere a host check when asked for or cheap
+    if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
+        return
+    if backend != "cpu" and n_rows > 0 and (partner.device.type == "cpu" or device_checks_enabled()):
+        bad = (partner < 0) | (partner >= n_rows)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise IndexError(f"partner[{i}]={int(partner[i])} is out of range [0, {n_rows})")
+
+
+def _split_lam(lam, n_rows: int, device):
+    """(lam tensor or None, lam_scalar) as the schema takes them."""
+    if isinstance(lam, torch.Tensor):
+        check_tensor("lam", lam, floating=True, device=device)
+        if not (lam.dim() == 0 or (lam.dim() == 1 and lam.shape[0] == n_rows)):
+            raise ValueError(f"lam must be a number, a 0-dim tensor or [B={n_rows}], got shape {tuple(lam.shape)}")
+        return lam, 0.0
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise ValueError(f"lam must be a float or a floating tensor, got {type(lam).__name__}")
+    return None, float(lam)
+
+
+def pair_mix(x, partner, lam, *, backend="auto") -> Tensor:
+    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[partner[i]] for x [B, D], partner int64 [B] (may
+    repeat) and lam a float, 0-dim or [B]; exactly x[i] where lam is 1 and x[partner[i]] where it is
+    0. Differentiable w.r.t. x and a tensor lam (gradient summed for a 0-dim lam)."""
+    check_tensor("x", x, floating=True, dim=2)
+    chosen = _backends.resolve(backend, x.device)
+    _check_partner(partner, x.shape[0], x.device, chosen)
+    lam_t, lam_s = _split_lam(lam, x.shape[0], x.device)
+    if chosen == "reference":
+        return reference.pair_mix(x, partner, lam if lam_t is not None else lam_s)
+    return op_for("pair_mix", chosen)(x.contiguous(), partner, lam_t, lam_s)
+
+
+def mixed_logits_cross_entropy(logits, partner, lam, target, *, reduction="mean", backend="auto") -> Tensor:
+    """loss_i = CE(lam_i * logits[i] + (1 - lam_i) * logits[partner[i]], target[i]) without the
+    mixed logits ever being stored; equals the classifier's CE on pair_mix(features) for a linear
+    head. The gradient w.r.t. logits accumulates both roles of each row (anchor and partner)."""
+    check_tensor("logits", logits, floating=True, dim=2)
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have at least one class (C = 0)")
+    chosen = _backends.resolve(backend, logits.device)
+    _check_partner(partner, logits.shape[0], logits.device, chosen)
+    lam_t, lam_s = _split_lam(lam, logits.shape[0], logits.device)
+    check_tensor("target", target, dtypes=(torch.int64,), dim=1, device=logits.device)
+    if target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target must be [B={logits.shape[0]}], got shape {tuple(target.shape)}")
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if chosen == "reference":
+        return reference.mixed_logits_cross_entropy(logits, partner, lam if lam_t is not None else lam_s, target,
+                                                    reduction)
+    if chosen != "cpu" and device_checks_enabled() and target.numel() > 0 and not torch.compiler.is_compiling():
+        if bool(((target < 0) | (target >= logits.shape[1])).any()):
+            raise IndexError(f"target has values outside [0, {logits.shape[1]})")
+    loss, _ = op_for("mixed_logits_cross_entropy", chosen)(logits.contiguous(), partner, lam_t, lam_s, target,
+                                                            _REDUCTIONS[reduction])
+    return loss
+
+
+def uniformity_loss(x, *, t=2.0, backend="auto") -> Tensor:
+    """log(mean over pairs i < j of exp(-t * ||x_i - x_j||^2)) for x [N, D], N >= 2, as a 0-dim
+    tensor in x.dtype; tiled with a streaming log-sum-exp, never an [N, N] buffer; differentiable.
+    Rows are used as given (alignment/uniformity metrics normalise first)."""
+    check_tensor("x", x, floating=True, dim=2)
+    if x.shape[0] < 2:
+        raise ValueError(f"uniformity_loss needs at least 2 rows, got N = {x.shape[0]}")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"t must be a finite float >= 0, got {t!r}")
+    chosen = _backends.resolve(backend, x.device)
+    if chosen == "reference":
+        return reference.uniformity_loss(x, float(t))
+    loss, _ = op_for("uniformity_loss", chosen)(x.contiguous(), float(t))
+    return loss
