@@ -83,6 +83,11 @@ TORCH_LIBRARY(pyfastlab, m) {
   m.def(
       "trajectory_viou(Tensor boxes_a, Tensor span_a, Tensor boxes_b, Tensor span_b, bool pixel_inclusive) "
       "-> Tensor");
+  // evaluate's hit flags (CPU): trajectories flat, boxes float64 [N, 4], trajectory i on rows
+  // offsets[i]..offsets[i+1] for frames begin[i].., one vIoU (float64 [K]) per pair (pair_a, pair_b).
+  m.def(
+      "trajectory_viou_pairs(Tensor boxes, Tensor offsets, Tensor begin, Tensor pair_a, Tensor pair_b, "
+      "bool pixel_inclusive) -> Tensor");
   // ---- end vidvrd: viou -----------------------------------------------------------------------
   // ---- vidvrd: scores, tiou, nms --------------------------------------------------------------
   // pairwise_mlp_scores: a [B, N, H], b [B, M, H], w [H] (one floating dtype) -> s [B, N, M] (a dtype),

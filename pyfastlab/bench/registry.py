@@ -32,6 +32,9 @@ class BenchCase:
     flops: Callable[[dict], int] = lambda inputs: 0
     tolerance: dict = dataclasses.field(default_factory=lambda: dict(atol=1e-4, rtol=1e-4))
     target: str = ""            # the spec's target, printed beside the result
+    # False for pure-Python baselines: the profiler behind the CPU peak memory records every Python
+    # call (with_stack) and runs out of memory on evaluate's millions of them
+    measure_memory: bool = True
 
     @property
     def name(self) -> str:

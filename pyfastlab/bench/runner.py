@@ -123,7 +123,7 @@ def run_case(case: BenchCase, *, scale: float, rounds: int, warmup: int, copy_bp
         res.gflops = case.flops(inputs) / seconds / 1e9
         if copy_bps:
             res.copy_fraction = case.bytes_moved(inputs) / seconds / copy_bps
-        if measure_memory:
+        if measure_memory and case.measure_memory:
             res.peak_extra_units = peak_extra_bytes(lambda: impl.run(inputs), case.device) / case.unit_bytes(inputs)
     by_name = {r.implementation: r for r in results}
     for r in results:

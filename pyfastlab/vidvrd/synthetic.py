@@ -90,8 +90,23 @@ def _runs(flags, lo, hi):
     return out
 
 
-def _video(rng, vid, style, n_categories, max_relations):
-    T = int(rng.integers(120, 601))
+def _pair_relations(i, j, spans, boxes):
+    """Relation instances of the ordered pair (i, j): maximal rule runs within its co-occurrence."""
+    lo, hi = max(spans[i][0], spans[j][0]), min(spans[i][1], spans[j][1])
+    out = []
+    if hi <= lo:
+        return out
+    # rules on the co-occurrence only: the smoothing never sees a box outside it
+    for predicate, flags in _rules(boxes[i][lo:hi], boxes[j][lo:hi]).items():
+        for b, e in _runs(np.concatenate([np.zeros(lo, bool), flags]), lo, hi):
+            out.append({"subject_tid": i, "object_tid": j, "predicate": predicate, "begin_fid": b, "end_fid": e})
+    return out
+
+
+def _scene(rng, frame_range, n_categories):
+    """Steps 1 to 4 of vidvrd.md 4.1: objects, their integer boxes, the interacting pairs and
+    their relations (before the edge cases and the cap)."""
+    T = int(rng.integers(frame_range[0], frame_range[1] + 1))
     n = int(rng.integers(3, 9))
     cats = [CATEGORIES[int(c)] for c in rng.integers(0, n_categories, n)]
     min_len = max(30, T // 3)
@@ -121,19 +136,16 @@ def _video(rng, vid, style, n_categories, max_relations):
         pairs.append((i, j))
         used_objects.add(j)
     boxes = [_boxes(c, s) for c, s in zip(centres, sizes)]
-    relations = []
-    for i, j in pairs:
-        lo, hi = max(spans[i][0], spans[j][0]), min(spans[i][1], spans[j][1])
-        # rules on the co-occurrence only: the smoothing never sees a box outside it
-        for predicate, flags in _rules(boxes[i][lo:hi], boxes[j][lo:hi]).items():
-            for b, e in _runs(np.concatenate([np.zeros(lo, bool), flags]), lo, hi):
-                relations.append({"subject_tid": i, "object_tid": j, "predicate": predicate, "begin_fid": b,
-                                  "end_fid": e})
-    relations = relations[:max_relations]
+    relations = [r for i, j in pairs for r in _pair_relations(i, j, spans, boxes)]
+    return dict(T=T, frame_count=T, cats=cats, spans=spans, boxes=boxes, pairs=pairs, relations=relations)
+
+
+def _annotation(vid, style, scene):
+    T, spans, boxes = scene["T"], scene["spans"], scene["boxes"]
     trajectories = []
     for t in range(T):
         frame = []
-        for tid in range(n):
+        for tid in range(len(spans)):
             if spans[tid][0] <= t < spans[tid][1]:
                 x1, y1, x2, y2 = (int(v) for v in boxes[tid][t])
                 box = {"tid": tid, "bbox": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2},
@@ -142,24 +154,159 @@ def _video(rng, vid, style, n_categories, max_relations):
                     box["tracker"] = "synthetic"
                 frame.append(box)
         trajectories.append(frame)
-    anno = {"video_id": vid, "frame_count": T, "fps": FPS, "width": WIDTH, "height": HEIGHT,
-            "subject/objects": [{"tid": tid, "category": c} for tid, c in enumerate(cats)],
-            "trajectories": trajectories, "relation_instances": relations}
+    anno = {"video_id": vid, "frame_count": scene["frame_count"], "fps": FPS, "width": WIDTH, "height": HEIGHT,
+            "subject/objects": [{"tid": tid, "category": c} for tid, c in enumerate(scene["cats"])],
+            "trajectories": trajectories, "relation_instances": scene["relations"]}
     if style == "vidor":
         anno.update(version="VERSION 1.0", video_hash=vid, video_path=f"synthetic/{vid}.mp4")
     return anno
 
 
-def make_vidvrd_like(n_videos, *, seed=0, style="vidvrd", n_categories=len(CATEGORIES), max_relations=50):
+def make_vidvrd_like(n_videos, *, seed=0, style="vidvrd", n_categories=len(CATEGORIES), max_relations=50,
+                     chunk_train=False, n_train=None, edge_cases=(), frame_range=(120, 600)):
     """{video_id: annotation} of `n_videos` synthetic videos in the VidVRD (or, style="vidor",
-    VidOR) per-video JSON layout; the same seed gives the same data."""
+    VidOR) per-video JSON layout (vidvrd.md 4.1); the same seed and options give the same data.
+
+    Options (the spec's **opts):
+    - n_categories: objects draw their category from the first n_categories VidVRD names.
+    - max_relations: at most this many relation instances per video (before chunking).
+    - chunk_train: the first n_train videos (the train split) carry their relations as 30-frame
+      chunks at stride 15, begin a multiple of 15, as VidVRD's training labels; the test videos
+      (the rest) keep the maximal runs. n_train: default round(5/7 n_videos) (the demo's 40/16).
+    - edge_cases: names from EDGE_CASES, or True for all: "duplicate_triplets" (a translated copy
+      of an interacting pair under new tids), "boundary_relations" (a relation from frame 0 to the
+      last frame), "single_frame_objects", "short_trajectories" (len(trajectories) < frame_count),
+      "relation_free" (every fourth video has none). They add to the data and never change the
+      rest of it: their random draws come from a separate stream.
+    - frame_range: (lo, hi), frame counts T ~ U{lo..hi} (the benchmark's VidOR-like videos use
+      (300, 1800)).
+    """
     if style not in ("vidvrd", "vidor"):
         raise ValueError(f"style must be 'vidvrd' or 'vidor', got {style!r}")
     if not 1 <= n_categories <= len(CATEGORIES):
         raise ValueError(f"n_categories must be in [1, {len(CATEGORIES)}], got {n_categories}")
+    edge_cases = _edge_case_names(edge_cases)
+    lo, hi = (int(v) for v in frame_range)
+    if not 60 <= lo <= hi:
+        raise ValueError(f"frame_range must be (lo, hi) with 60 <= lo <= hi, got {frame_range!r}")
+    n_videos = int(n_videos)
+    n_train = round(n_videos * 5 / 7) if n_train is None else int(n_train)
+    if not 0 <= n_train <= n_videos:
+        raise ValueError(f"n_train must be in [0, n_videos={n_videos}], got {n_train}")
     rng = np.random.default_rng(seed)
-    return {f"synthetic_{k:05d}": _video(rng, f"synthetic_{k:05d}", style, n_categories, max_relations)
-            for k in range(int(n_videos))}
+    edge_rng = np.random.default_rng([seed, 0xED6E])  # the edge cases never shift the main stream
+    out = {}
+    for k in range(n_videos):
+        vid = f"synthetic_{k:05d}"
+        scene = _scene(rng, (lo, hi), n_categories)
+        for name in edge_cases:
+            _EDGE_CASES[name](edge_rng, scene, k, n_categories)
+        scene["relations"] = scene["relations"][:max_relations]
+        if chunk_train and k < n_train:
+            scene["relations"] = _chunked(scene["relations"], scene["spans"])
+        out[vid] = _annotation(vid, style, scene)
+    return out
+
+
+# ---- chunked training labels (step 5) ---------------------------------------------------------
+
+CHUNK, STRIDE = 30, 15
+
+
+def _chunked(relations, spans):
+    """Each run re-emitted as the aligned 30-frame chunks (begin a multiple of 15) that lie inside
+    the pair's co-occurrence and overlap the run by at least 15 frames; no chunk twice."""
+    out, seen = [], set()
+    for r in relations:
+        i, j, b, e = r["subject_tid"], r["object_tid"], r["begin_fid"], r["end_fid"]
+        lo, hi = max(spans[i][0], spans[j][0]), min(spans[i][1], spans[j][1])
+        first = -(-max(lo, b - CHUNK + STRIDE) // STRIDE) * STRIDE
+        for start in range(first, min(hi - CHUNK, e - STRIDE) + 1, STRIDE):
+            key = (i, j, r["predicate"], start)
+            if key not in seen:
+                seen.add(key)
+                out.append(dict(r, begin_fid=start, end_fid=start + CHUNK))
+    return out
+
+
+# ---- edge cases (step 6) ------------------------------------------------------------------------
+
+def _short_trajectories(rng, scene, k, n_categories):
+    """The video runs on for 1..30 frames after its last annotated one: len(trajectories) < frame_count."""
+    scene["frame_count"] = scene["T"] + int(rng.integers(1, 31))
+
+
+def _relation_free(rng, scene, k, n_categories):
+    """Every fourth video (index 3, 7, ...) has objects but no relation instance."""
+    if k % 4 == 3:
+        scene["relations"] = []
+        scene["pairs"] = []
+
+
+def _duplicate_triplets(rng, scene, k, n_categories):
+    """A copy of the first interacting pair under new tids, translated (and clipped to the frame);
+    its relations are recomputed by the rules, so the same triplets appear with other tids,
+    overlapping in time."""
+    if not scene["pairs"]:
+        return
+    i, j = scene["pairs"][0]
+    # an integer shift: the copy is the same geometry translated, unless the frame border clips it
+    shift = rng.choice([-1, 1], 2) * rng.integers(40, 201, 2)
+    for tid in (i, j):
+        b = scene["boxes"][tid].astype(float)
+        centres, sizes = (b[:, :2] + b[:, 2:]) / 2 + shift, b[:, 2:] - b[:, :2]
+        scene["boxes"].append(_boxes(centres, sizes))
+        scene["spans"].append(scene["spans"][tid])
+        scene["cats"].append(scene["cats"][tid])
+    i2, j2 = len(scene["spans"]) - 2, len(scene["spans"]) - 1
+    scene["pairs"].append((i2, j2))
+    scene["relations"] += _pair_relations(i2, j2, scene["spans"], scene["boxes"])
+
+
+def _single_frame_objects(rng, scene, k, n_categories):
+    """An object present on one frame only (it can carry no relation: runs last >= 15 frames)."""
+    T = scene["T"]
+    t = int(rng.integers(0, T))
+    centres, sizes = _track(rng, T, t, t + 1)
+    scene["boxes"].append(_boxes(centres, sizes))
+    scene["spans"].append((t, t + 1))
+    scene["cats"].append(CATEGORIES[int(rng.integers(0, n_categories))])
+
+
+def _boundary_relations(rng, scene, k, n_categories):
+    """A big subject and a small object present on the whole video at constant sizes: `larger`
+    holds on every frame, so a relation starts at frame 0 and ends at the last frame; its
+    relations come first (the cap never drops them)."""
+    T = scene["T"]
+    tids = []
+    for lo_size, hi_size in ((200, 240), (50, 70)):
+        w = h = rng.uniform(lo_size, hi_size)
+        centres, _ = _track(rng, T, 0, T)
+        scene["boxes"].append(_boxes(centres, np.tile([w, h], (T, 1))))
+        scene["spans"].append((0, T))
+        scene["cats"].append(CATEGORIES[int(rng.integers(0, n_categories))])
+        tids.append(len(scene["spans"]) - 1)
+    scene["pairs"].insert(0, tuple(tids))
+    scene["relations"] = _pair_relations(*tids, scene["spans"], scene["boxes"]) + scene["relations"]
+
+
+# Applied in this order: the pairs are copied before the boundary pair exists, relation-free last.
+_EDGE_CASES = {"duplicate_triplets": _duplicate_triplets, "boundary_relations": _boundary_relations,
+               "single_frame_objects": _single_frame_objects, "short_trajectories": _short_trajectories,
+               "relation_free": _relation_free}
+EDGE_CASES = tuple(_EDGE_CASES)
+
+
+def _edge_case_names(edge_cases):
+    if edge_cases is True:
+        return EDGE_CASES
+    if edge_cases is False or edge_cases is None:
+        return ()
+    names = (edge_cases,) if isinstance(edge_cases, str) else tuple(edge_cases)
+    unknown = [n for n in names if n not in _EDGE_CASES]
+    if unknown:
+        raise ValueError(f"edge_cases: unknown names {unknown}; expected a subset of {list(EDGE_CASES)} or True")
+    return tuple(n for n in EDGE_CASES if n in names)  # a fixed order: the same data whatever the order given
 
 
 def write_dataset(root, annos, split):

@@ -1,5 +1,7 @@
 """trajectory_viou: every backend against the float64 reference and the helper's per-frame loop, the
 identities of vidvrd.md section 5, edge cases and bad input."""
+import itertools
+
 import pytest
 import torch
 
@@ -231,3 +233,31 @@ def test_bad_input(bad, match):
         ops.trajectory_viou(*bad(a, sa, b, sb))
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.trajectory_viou(a, sa, b, sb, backend="gpu")
+
+
+def test_flat_pairs_routine_equals_helper_loop_bit_for_bit():
+    """evaluate's trajectory_viou_pairs (trajectories flat, each over its own duration) equals the
+    helper's per-frame loop exactly, for int and float boxes, and checks its arguments."""
+    from pyfastlab.reference.vidvrd_viou import viou_pair_loop
+
+    gen = torch.Generator().manual_seed(3)
+    trajs = []
+    for k in range(12):
+        begin, length = int(torch.randint(-5, 40, (1,), generator=gen)), int(torch.randint(0, 30, (1,), generator=gen))
+        xy = torch.cumsum(3 * torch.randn(length, 2, generator=gen), 0) + 50
+        boxes = torch.cat([xy, xy + 20 + 10 * torch.rand(1, 2, generator=gen)], 1)
+        trajs.append(((boxes.round().long() if k % 2 else boxes.double()).tolist(), [begin, begin + length]))
+    flat = torch.tensor([b for t, _ in trajs for b in t], dtype=torch.float64).reshape(-1, 4)
+    offsets = torch.tensor([0] + list(itertools.accumulate(len(t) for t, _ in trajs)))
+    begin = torch.tensor([d[0] for _, d in trajs])
+    pa, pb = torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij")
+    for pixel_inclusive in (True, False):
+        got = torch.ops.pyfastlab.trajectory_viou_pairs(flat, offsets, begin, pa.flatten(), pb.flatten(),
+                                                        pixel_inclusive).tolist()
+        want = [viou_pair_loop(*trajs[a], *trajs[b], pixel_inclusive) for a, b in zip(pa.flatten().tolist(),
+                                                                                      pb.flatten().tolist())]
+        assert got == want
+    with pytest.raises(ValueError, match="out of range"):
+        torch.ops.pyfastlab.trajectory_viou_pairs(flat, offsets, begin, torch.tensor([12]), torch.tensor([0]), True)
+    with pytest.raises(ValueError, match="offsets"):
+        torch.ops.pyfastlab.trajectory_viou_pairs(flat, offsets[:-1], begin, pa[0], pb[0], True)

@@ -117,3 +117,95 @@ def test_bad_options():
                           (dict(det_nreturns=(0,)), "det_nreturns")):
         with pytest.raises(ValueError, match=match):
             evaluate(gts, {}, **kwargs)
+
+
+# ---- the generator's edge cases (vidvrd.md 4.1 step 6) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def edge_gt():
+    annos = make_vidvrd_like(8, seed=4, n_categories=6, edge_cases=True, chunk_train=True, n_train=4)
+    return groundtruth_from_annotations(annos)
+
+
+def _test_split(edge_gt):
+    return {vid: rels for k, (vid, rels) in enumerate(edge_gt.items()) if k >= 4}
+
+
+def test_edge_case_groundtruth_as_prediction_is_perfect(edge_gt):
+    """Duplicate triplets under other tids, relations on the first and last frame, overlapping
+    train chunks, short trajectories: each GT copy matches its own GT. On the test split
+    (<= 50 GT per video) every metric is 1; the chunked train videos hold more than 100 GT, so
+    there only mAP and tagging are 1 and R@K is the share of GT within the first K."""
+    test = _test_split(edge_gt)
+    assert any(not rels for rels in test.values()) and all(len(r) <= 50 for r in test.values())
+    assert evaluate(test, as_prediction(test)) == port.evaluate(test, as_prediction(test)) == {k: 1.0 for k in KEYS}
+    pred = as_prediction(edge_gt)
+    out = evaluate(edge_gt, pred)
+    assert out == port.evaluate(edge_gt, pred)
+    assert max(len(r) for r in edge_gt.values()) > 100 and out["mAP"] == out["P@10"] == 1.0
+    n_gt = sum(len(r) for r in edge_gt.values())
+    assert out["R@100"] == pytest.approx(sum(min(100, len(r)) for r in edge_gt.values()) / n_gt, rel=1e-6)
+
+
+@pytest.mark.parametrize("opts", [dict(box_sigma=4.0, shift=6, flip_p=0.2, drop_p=0.2, extra=5),
+                                  dict(box_sigma=8.0, shift=12, flip_p=0.4, drop_p=0.1, extra=30, float_boxes=True)])
+def test_edge_cases_equal_python_port(edge_gt, opts):
+    pred = degrade_predictions(edge_gt, seed=1, **opts)
+    assert evaluate(edge_gt, pred) == port.evaluate(edge_gt, pred["results"])
+
+
+def test_relation_free_videos_are_skipped_as_the_helper_does(edge_gt):
+    """The helper loops over GT videos with relations: predictions on a relation-free video count
+    for nothing (not as false positives, not in tagging), and the video adds no AP term."""
+    test = _test_split(edge_gt)
+    free = [vid for vid, rels in test.items() if not rels]
+    busy = next(vid for vid, rels in test.items() if rels)
+    pred = as_prediction(test)
+    for vid in free:
+        pred[vid] = [dict(r, score=2.0) for r in test[busy]]  # junk above everything
+    assert free and evaluate(test, pred) == port.evaluate(test, pred) == {k: 1.0 for k in KEYS}
+    only_free = {vid: [] for vid in free}
+    with pytest.raises(ValueError, match="no relation in any video"):
+        evaluate(only_free, {})
+
+
+def test_single_frame_and_boundary_relations():
+    """A one-frame relation and relations on the first and last frame of a video match exactly
+    and miss by one frame (1-frame vIoU: 1 or 0; a 2-frame copy shifted by 1: 1/3)."""
+    gts = {"v": [rel(("a", "p", "b"), 0, 1), rel(("a", "q", "b"), 0, 2), rel(("a", "r", "b"), 98, 100)]}
+    exact = {"v": [dict(r, score=1.0 - 0.1 * k) for k, r in enumerate(gts["v"])]}
+    assert evaluate(gts, exact) == port.evaluate(gts, exact) == {k: 1.0 for k in KEYS}
+    off = {"v": [rel(("a", "p", "b"), 1, 2, score=1.0), rel(("a", "q", "b"), 1, 3, score=0.9),
+                 rel(("a", "r", "b"), 97, 99, score=0.8)]}
+    out = evaluate(gts, off)
+    assert out == port.evaluate(gts, off) and out["R@50"] == 0.0 and out["P@1"] == 1.0
+    half = evaluate(gts, off, viou_threshold=1 / 3)
+    assert half == port.evaluate(gts, off, viou_threshold=1 / 3) and half["R@50"] == pytest.approx(2 / 3)
+
+
+def _hit_shift(L):
+    """The largest shift d with (L - d) / (L + d) >= 0.5: d <= L / 3."""
+    return L // 3
+
+
+@pytest.mark.parametrize("L", [30, 31, 32, 45, 100])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_shifted_relations_hit_only_within_the_closed_form_bound(L, sign):
+    """A GT relation of L frames with constant boxes (area A per frame, subject and object) and
+    its copy shifted by d frames share L - d frames of equal boxes: I = (L - d) A and the union is
+    2 L A - I = (L + d) A, so vIoU = (L - d) / (L + d) for both trajectories, and the copy is a
+    hit iff d <= L / 3. Checked on both sides of the bound, shifted later and earlier."""
+    b0 = 200
+    gts = {"v": [rel(("a", "p", "b"), b0, b0 + L, box=(10, 20, 59, 79), obj_box=(100, 0, 140, 30))]}
+    for d, hit in ((_hit_shift(L), True), (_hit_shift(L) + 1, False)):
+        shifted = rel(("a", "p", "b"), b0 + sign * d, b0 + L + sign * d, box=(10, 20, 59, 79),
+                      obj_box=(100, 0, 140, 30), score=1.0)
+        viou = (L - d) / (L + d)
+        assert (viou >= 0.5) == hit
+        preds = {"v": [shifted]}
+        got = evaluate(gts, preds)
+        assert got == port.evaluate(gts, preds)
+        assert got["R@50"] == (1.0 if hit else 0.0) and got["mAP"] == (1.0 if hit else 0.0)
+        # the threshold at the closed form itself: a hit at viou, a miss just above it
+        assert evaluate(gts, preds, viou_threshold=viou)["R@50"] == 1.0
+        assert evaluate(gts, preds, viou_threshold=min(1.0, viou + 1e-9))["R@50"] == 0.0

@@ -93,3 +93,108 @@ def test_bad_arguments():
         make_vidvrd_like(1, style="coco")
     with pytest.raises(ValueError, match="n_categories"):
         make_vidvrd_like(1, n_categories=0)
+
+
+# ---- options: chunked training labels and the edge cases (vidvrd.md 4.1 steps 5 and 6) ----------
+
+def _presence(anno):
+    present = {}
+    for t, frame in enumerate(anno["trajectories"]):
+        for box in frame:
+            present.setdefault(box["tid"], []).append(t)
+    return present
+
+
+def test_chunk_train_emits_aligned_chunks_inside_runs():
+    plain = make_vidvrd_like(7, seed=5, n_train=4)
+    chunked = make_vidvrd_like(7, seed=5, n_train=4, chunk_train=True)
+    for k, (vid, anno) in enumerate(chunked.items()):
+        base = plain[vid]
+        assert {key: v for key, v in anno.items() if key != "relation_instances"} == \
+            {key: v for key, v in base.items() if key != "relation_instances"}
+        if k >= 4:  # the test split stays unchunked
+            assert anno["relation_instances"] == base["relation_instances"]
+            continue
+        present = _presence(anno)
+        keys = set()
+        runs = {}
+        for r in base["relation_instances"]:
+            runs.setdefault((r["subject_tid"], r["object_tid"], r["predicate"]), []).append((r["begin_fid"], r["end_fid"]))
+        for r in anno["relation_instances"]:
+            b, e = r["begin_fid"], r["end_fid"]
+            key = (r["subject_tid"], r["object_tid"], r["predicate"])
+            assert b % 15 == 0 and e - b == 30 and (key, b) not in keys
+            keys.add((key, b))
+            both = set(present[key[0]]) & set(present[key[1]])
+            assert set(range(b, e)) <= both  # tids present on every relation frame
+            assert any(min(e, re) - max(b, rb) >= 15 for rb, re in runs[key])  # overlaps a run by >= 15 frames
+        # every run long enough for an inside chunk gets one (chunks cover the runs)
+        for key, spans in runs.items():
+            both = set(present[key[0]]) & set(present[key[1]])
+            for rb, re in spans:
+                if any(s % 15 == 0 and set(range(s, s + 30)) <= both and min(re, s + 30) - max(rb, s) >= 15
+                       for s in range(rb - 15, re)):
+                    assert any(k2 == key and min(re, s + 30) - max(rb, s) >= 15 for k2, s in keys)
+    assert sum(len(a["relation_instances"]) for a in list(chunked.values())[:4]) > 0
+
+
+def test_default_train_split_is_the_demo_40_16():
+    annos = make_vidvrd_like(56, seed=0, chunk_train=True, frame_range=(150, 450))
+    chunked = [all(r["begin_fid"] % 15 == 0 and r["end_fid"] - r["begin_fid"] == 30 for r in a["relation_instances"])
+               for a in annos.values()]
+    assert all(chunked[:40])
+    assert not all(chunked[40:])  # maximal runs in the test split
+    for a in list(annos.values())[40:]:
+        assert len(a["relation_instances"]) <= 50
+
+
+@pytest.fixture(scope="module")
+def edge():
+    return make_vidvrd_like(8, seed=7, edge_cases=True)
+
+
+def test_edge_cases_are_present(edge):
+    plain = make_vidvrd_like(8, seed=7)
+    duplicates = 0
+    for k, (vid, anno) in enumerate(edge.items()):
+        T = len(anno["trajectories"])
+        assert T == plain[vid]["frame_count"] < anno["frame_count"] <= T + 30  # short trajectories
+        # the original objects are unchanged: edge cases only add
+        assert anno["subject/objects"][:len(plain[vid]["subject/objects"])] == plain[vid]["subject/objects"]
+        present = _presence(anno)
+        assert any(len(ts) == 1 for ts in present.values())  # a single-frame object
+        relations = anno["relation_instances"]
+        if k % 4 == 3:
+            assert relations == [] and len(anno["subject/objects"]) > 0  # relation-free video
+            continue
+        assert any(r["begin_fid"] == 0 for r in relations) and any(r["end_fid"] == T for r in relations)
+        category = {so["tid"]: so["category"] for so in anno["subject/objects"]}
+        tids_of = {}
+        for r in relations:
+            triplet = (category[r["subject_tid"]], r["predicate"], category[r["object_tid"]])
+            tids_of.setdefault(triplet, set()).add((r["subject_tid"], r["object_tid"]))
+        duplicates += any(len(pairs) > 1 for pairs in tids_of.values())
+    assert duplicates >= 3  # the same triplet under other tids
+
+
+def test_edge_cases_keep_the_rules_and_layout(edge):
+    test_relations_follow_the_rules(edge)
+    gt = groundtruth_from_annotations(edge)
+    assert [len(v) for v in gt.values()] == [len(a["relation_instances"]) for a in edge.values()]
+    one = make_vidvrd_like(8, seed=7, edge_cases=["relation_free"])
+    assert [bool(a["relation_instances"]) for a in one.values()] == [k % 4 != 3 for k in range(8)]
+    assert make_vidvrd_like(8, seed=7, edge_cases=list(reversed(synthetic.EDGE_CASES))) == edge
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="edge_cases: unknown"):
+        make_vidvrd_like(1, edge_cases=["nope"])
+    with pytest.raises(ValueError, match="n_train"):
+        make_vidvrd_like(2, n_train=3)
+    with pytest.raises(ValueError, match="frame_range"):
+        make_vidvrd_like(1, frame_range=(10, 5))
+
+
+def test_frame_range():
+    annos = make_vidvrd_like(4, seed=1, style="vidor", frame_range=(300, 1800))
+    assert all(300 <= a["frame_count"] <= 1800 for a in annos.values())
