@@ -5,7 +5,7 @@ import importlib
 from typing import Callable
 
 # family -> module whose main(argv) runs the demo and returns an exit code (imported on use).
-_DEMO_MODULES = {"continual": "pyfastlab.continual.demo"}
+_DEMO_MODULES = {"continual": "pyfastlab.continual.demo", "vidvrd": "pyfastlab.vidvrd.demo"}
 
 
 def _entry(module: str) -> Callable[[list[str]], int]:

@@ -7,7 +7,7 @@ import pytest
 
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 # The short form of the long demos; the full runs are for the README's numbers.
-ARGS = {"continual_split_digits.py": ["--quick"]}
+ARGS = {"continual_split_digits.py": ["--quick"], "vidvrd_demo.py": ["--quick"]}
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])

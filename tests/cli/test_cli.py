@@ -52,3 +52,9 @@ def test_demo_continual_is_registered_and_documents_its_options():
     proc = pyfastlab("demo", "continual", "--help")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--quick" in proc.stdout and "--buffer" in proc.stdout
+
+
+def test_demo_vidvrd_is_registered_and_documents_its_options():
+    proc = pyfastlab("demo", "vidvrd", "--help")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--quick" in proc.stdout and "--epochs" in proc.stdout
