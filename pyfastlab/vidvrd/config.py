@@ -33,6 +33,7 @@ class TSPNConfig:
     d: int = 256                         # d, object context width
     pair_hidden: int = 256               # H, hidden width of the pair MLP
     temporal_channels: int = 256         # C, width of the pair sequence
+    temporal_dilations: Tuple[int, ...] = (1, 1)   # one Conv1d(C, C, 3) per entry, with that dilation
     context_layers: int = 1              # self-attention layers over a video's objects
     context_heads: int = 4
     pairs_kept: int = 256                # K
@@ -68,6 +69,8 @@ class TSPNConfig:
                      "pre_nms_top", "predicates_per_span", "relations_per_video", "pred_spans_per_pair"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.temporal_dilations or min(self.temporal_dilations) < 1:
+            raise ValueError(f"temporal_dilations must be ≥ 1, got {self.temporal_dilations}")
         if not self.anchor_widths or min(self.anchor_widths) <= 0:
             raise ValueError(f"anchor_widths must be positive, got {self.anchor_widths}")
         if not 0 <= self.bg_iou <= self.fg_iou <= 1:

@@ -127,15 +127,17 @@ def pair_geometry(box_s: Tensor, box_o: Tensor, both: Tensor) -> Tensor:
 
 
 class PairSequenceEncoder(nn.Module):
-    """Y_k [P, T', C] of kept pairs: F = Linear([P_s e_i + P_o e_j; ψ; m_i; m_j]), two masked
-    Conv1d(C, C, 3) + ReLU, g_k = masked max over steps, Y_k += Linear(g_k)."""
+    """Y_k [P, T', C] of kept pairs: F = Linear([P_s e_i + P_o e_j; ψ; m_i; m_j]), masked
+    Conv1d(C, C, 3, dilation δ) + ReLU for each δ in `dilations` (the spec: two, δ = 1), g_k =
+    masked max over steps, Y_k += Linear(g_k)."""
 
-    def __init__(self, d: int, channels: int):
+    def __init__(self, d: int, channels: int, dilations=(1, 1)):
         super().__init__()
         self.subject = nn.Linear(d, d)
         self.object = nn.Linear(d, d, bias=False)
         self.inp = nn.Linear(d + PSI_DIM + 2, channels)
-        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1) for _ in range(2))
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=int(k), dilation=int(k))
+                                   for k in dilations)
         self.globals = nn.Linear(channels, channels)
 
     def forward(self, e_steps: Tensor, m_steps: Tensor, box_steps: Tensor, video: Tensor, sub: Tensor, obj: Tensor):

@@ -60,7 +60,7 @@ class TemporalSpanProposalNetwork(nn.Module):
         n_cls, n_pred = len(c.object_categories), len(c.predicates)
         self.encoder = ObjectContextEncoder(c.feature_dim, c.d, n_cls, c.context_layers, c.context_heads)
         self.scorer = PairScorer(c.pair_scorer, c.d, c.pair_hidden, n_cls)
-        self.sequence = PairSequenceEncoder(c.d, c.temporal_channels)
+        self.sequence = PairSequenceEncoder(c.d, c.temporal_channels, c.temporal_dilations)
         self.span_head = SpanHead(c.temporal_channels, len(c.anchor_widths))
         self.predicate_head = PredicateHead(c.temporal_channels, c.roi_bins, c.d, n_pred)
 

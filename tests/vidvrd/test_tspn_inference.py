@@ -73,15 +73,25 @@ def test_tracklet_gaps_are_interpolated():
     assert tracks.boxes[row, 50].tolist() == pytest.approx(mid)
 
 
-def test_tiny_model_overfits_one_video():
+@pytest.fixture
+def one_thread():
+    """Single-video steps are too small to split; a second thread only adds contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_model_overfits_one_video(one_thread):
     torch.manual_seed(0)
-    annos = make_vidvrd_like(1, seed=7, n_categories=6)
+    annos = make_vidvrd_like(1, seed=27, n_categories=6)   # T = 121, 7 objects, 2 related pairs, 4 relations
     anno = next(iter(annos.values()))
-    assert 0 < len(anno["relation_instances"])
-    config = TSPNConfig.demo(d=32, pair_hidden=32, temporal_channels=32, object_categories=CATS)
+    assert len(anno["relation_instances"]) == 4
+    config = TSPNConfig.demo(d=32, pair_hidden=32, temporal_channels=32, object_categories=CATS,
+                             temporal_dilations=(1, 2, 4, 8))
     model = TemporalSpanProposalNetwork(config)
     batch, targets = make_batch(prepare_videos(annos, config))
-    steps = 150
+    steps = 100
     opt, sched = make_optimizer(model, steps)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -93,4 +103,4 @@ def test_tiny_model_overfits_one_video():
     model.eval()
     metrics = evaluate(groundtruth_from_annotations(annos), model.predict(batch))
     assert metrics["mAP"] >= 0.8, metrics
-    assert metrics["R@100"] >= 0.9, metrics
+    assert metrics["R@100"] == 1.0 and metrics["P@1"] == 1.0, metrics
