@@ -10,6 +10,7 @@ _DEMO_MODULES = {
     "distill": "pyfastlab.distill.demo",
     "mixup": "pyfastlab.mixup.demo",
     "vae": "pyfastlab.vae.demo",
+    "vidvrd": "pyfastlab.vidvrd.demo",
 }
 
 

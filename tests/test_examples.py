@@ -12,6 +12,7 @@ ARGS = {
     "distill_digits.py": ["--quick", "--check"],
     "mixup_digits.py": ["--quick"],
     "vae_demo.py": ["--steps", "50", "--seeds", "1"],
+    "vidvrd_demo.py": ["--quick"],
 }
 
 

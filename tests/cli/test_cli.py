@@ -58,3 +58,9 @@ def test_demo_distill_is_registered_and_documents_its_options():
     proc = pyfastlab("demo", "distill", "--help")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--quick" in proc.stdout and "--check" in proc.stdout and "--seeds" in proc.stdout
+
+
+def test_demo_vidvrd_is_registered_and_documents_its_options():
+    proc = pyfastlab("demo", "vidvrd", "--help")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--quick" in proc.stdout and "--epochs" in proc.stdout
