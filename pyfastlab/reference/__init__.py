@@ -1,4 +1,4 @@
 """Readable pure-PyTorch references: the oracles of the tests and the baselines of the benchmarks."""
-from . import cka, continual, kd, vidvrd_ops, vidvrd_viou
+from . import cka, continual, kd, vae_ops, vidvrd_ops, vidvrd_viou
 
-__all__ = ["cka", "continual", "kd", "vidvrd_ops", "vidvrd_viou"]
+__all__ = ["cka", "continual", "kd", "vae_ops", "vidvrd_ops", "vidvrd_viou"]
