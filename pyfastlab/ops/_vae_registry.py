@@ -194,9 +194,19 @@ _AUTOGRAD = {
 }
 
 
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"pyfastlab::{op}: double backward (differentiating a gradient of this op) is not "
+                           f"supported")
+
+    return backward
+
+
 def _register(suffix: str) -> None:
     for name, fake in _FAKES.items():
         torch.library.register_fake(f"pyfastlab::{name}{suffix}")(fake)
+        if name.endswith("_backward"):  # a clear error instead of a silently wrong second derivative
+            torch.library.register_autograd(f"pyfastlab::{name}{suffix}", _no_double_backward(name))
     for name, (backward, setup) in _AUTOGRAD.items():
         def setup_with_backend(ctx, inputs, output, _setup=setup):
             ctx.triton = suffix == "_triton"
