@@ -96,12 +96,6 @@ void fill_nan(at::Tensor& t, int64_t row, int64_t n) {
   });
 }
 
-// A = W G_flat [P, n, n] by one GEMM (K = 0 gives zeros).
-at::Tensor combine(const at::Tensor& codebook, const at::Tensor& weights) {
-  const int64_t K = codebook.size(0), n = codebook.size(1), P = weights.size(0);
-  return at::mm(weights, codebook.reshape({K, n * n})).reshape({P, n, n});
-}
-
 void check_composite(const char* op, const at::Tensor& codebook, const at::Tensor& weights, const at::Tensor& z1,
                      const at::Tensor& z2) {
   check_square_batch(op, "codebook", codebook);
@@ -124,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_symmetry_forward_cpu(co
                                                                               const at::Tensor& z1_in,
                                                                               const at::Tensor& z2_in) {
   check_composite("composite_symmetry_forward", codebook, weights, z1_in, z2_in);
-  const at::Tensor A = combine(codebook.contiguous(), weights.contiguous());
+  const at::Tensor A = combine_codebook(codebook, weights);
   const at::Tensor z1 = z1_in.contiguous(), z2 = z2_in.contiguous();
   at::Tensor y1 = at::empty_like(z1), y2 = at::empty_like(z2);
   const int64_t P = A.size(0), n = A.size(1);

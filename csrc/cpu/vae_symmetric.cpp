@@ -52,17 +52,11 @@ void reconstruct(const at::Tensor& Q, const at::Tensor& lam, at::Tensor& E) {
 
 // (E, Q, lam) of expm(sym(w)) for w [..., n, n] (contiguous fp32/fp64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> symmetric_forward(const at::Tensor& w) {
-  const int64_t n = w.size(-1);
   at::Tensor lam_shape = at::empty(w.sizes().slice(0, w.dim() - 1), w.options());
   if (batch_of(w) == 0) return {at::empty_like(w), at::empty_like(w), lam_shape};
-  const at::Tensor S = ((w + w.mT()) * 0.5).contiguous();
-  const at::Tensor finite = at::isfinite(S).flatten(-2).all(-1);
-  auto [lam, Q] = at::linalg_eigh(at::where(finite.unsqueeze(-1).unsqueeze(-1), S, at::zeros({}, S.options())));
-  lam = at::where(finite.unsqueeze(-1), lam, std::numeric_limits<double>::quiet_NaN()).contiguous();
-  Q = Q.contiguous();
+  auto [Q, lam] = guarded_eigh(w);
   at::Tensor E = at::empty_like(w);
   reconstruct(Q, lam, E);
-  (void)n;
   return {E, Q, lam};
 }
 

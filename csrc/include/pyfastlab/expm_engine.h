@@ -78,9 +78,9 @@ C10_HOST_DEVICE inline ExpmPlan expm_plan(T nu) {
   const double top = ExpmTheta<T>::at(kNumDegrees - 1);
   if (static_cast<double>(nu) > top) {  // only the largest degree is left: scale
     double ratio = static_cast<double>(nu) / top;
-    int s = static_cast<int>(std::ceil(std::log2(ratio)));
+    int s = static_cast<int>(::ceil(::log2(ratio)));
     // log2 is correctly rounded up to an ulp: make sure nu 2^-s <= theta really holds.
-    while (s < kMaxScaling && std::ldexp(static_cast<double>(nu), -s) > top) ++s;
+    while (s < kMaxScaling && ::ldexp(static_cast<double>(nu), -s) > top) ++s;
     p.s = s < 0 ? 0 : (s > kMaxScaling ? kMaxScaling : s);
   }
   p.m = expm_degree(i);

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <tuple>
 
 namespace pyfastlab::vae {
 
@@ -22,6 +23,12 @@ inline void check_same(const char* op, const char* name, const at::Tensor& x, co
                     ", got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ", x.device());
 }
+
+// (Q, lam) of sym(w) for w [..., n, n] (contiguous), lam = NaN for matrices with a non-finite entry
+// (csrc/vae_composite.cpp, ATen's batched eigh).
+std::tuple<at::Tensor, at::Tensor> guarded_eigh(const at::Tensor& w);
+// A = weights @ codebook_flat as [P, n, n]: one GEMM (K = 0 gives zeros).
+at::Tensor combine_codebook(const at::Tensor& codebook, const at::Tensor& weights);
 
 // F_ij = (e^li - e^lj) / (li - lj), F_ii = e^li, without cancellation at close eigenvalues:
 // e^((li+lj)/2) sinhc((li-lj)/2), sinhc(d) = sinh(d)/d by its series below 1e-3; for |d| >= 1 the
