@@ -45,7 +45,7 @@ cd ..
 pyfastlab info --json >"$OUT/info.json"
 pyfastlab check --seed 0 2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
 # One family at a time, each saved as it ends, so a run cut short keeps what finished.
-for family in continual distill mixup vidvrd; do
+for family in continual distill mixup vae vidvrd; do
   COLUMNS=200 timeout "${PFL_BENCH_TIMEOUT:-300}" pyfastlab bench --device cuda --family "$family" ${PFL_BENCH_ARGS:-} \
     --out "$OUT/bench-$family" 2>&1 | tee "$OUT/bench-$family.log" | tail -n 30
   # flatten: the device tool returns files at most two folders down

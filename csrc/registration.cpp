@@ -122,6 +122,35 @@ TORCH_LIBRARY(pyfastlab, m) {
   m.def("uniformity_loss(Tensor x, float t) -> (Tensor loss, Tensor lse)");
   m.def("uniformity_loss_backward(Tensor grad, Tensor x, float t, Tensor lse) -> Tensor");
   // ---- end mixup --------------------------------------------------------------------------------
+  // ---- vae: expm, symmetric_expm, ipe_transform, composite_symmetry --------------------------
+  // Batched matrix exponential a [..., n, n] (fp32/fp64; the wrapper upcasts half types) by
+  // scaling and squaring with a Taylor approximant, degree and scaling chosen per matrix on the
+  // device; the backward is the adjoint of the same products (same m and s): L_exp(a^T, grad).
+  m.def("expm_forward(Tensor a) -> Tensor");
+  m.def("expm_backward(Tensor grad, Tensor a) -> Tensor");
+  // expm(sym(w)) through the symmetric eigendecomposition; q [..., n, n], lam [..., n] are saved for
+  // the Daleckii-Krein backward (lam is NaN for a matrix with a non-finite entry).
+  m.def("symmetric_expm_forward(Tensor w) -> (Tensor out, Tensor q, Tensor lam)");
+  m.def("symmetric_expm_backward(Tensor grad, Tensor q, Tensor lam) -> Tensor");
+  // z [B, n], w [U, K, n, n] -> z_hat [U, B, n], logdet [U]; saved for the backward: the factors
+  // x = expm(sym(w)) [U, K, n, n], their products e [U, n, n], q and lam of every factor.
+  m.def(
+      "ipe_transform_forward(Tensor z, Tensor w) -> "
+      "(Tensor z_hat, Tensor logdet, Tensor x, Tensor e, Tensor q, Tensor lam)");
+  // A gradient not asked for comes back as [0].
+  m.def(
+      "ipe_transform_backward(Tensor grad_z_hat, Tensor grad_logdet, Tensor z, Tensor x, Tensor e, Tensor q, "
+      "Tensor lam, bool need_z, bool need_w) -> (Tensor grad_z, Tensor grad_w)");
+  // codebook [K, n, n], weights [P, K], z1, z2 [P, n] -> y1 = z1 expm(A_p), y2 = z2 expm(-A_p) with
+  // A = weights @ codebook (returned, [P, n, n], for the backward).
+  m.def(
+      "composite_symmetry_forward(Tensor codebook, Tensor weights, Tensor z1, Tensor z2) -> "
+      "(Tensor y1, Tensor y2, Tensor a)");
+  m.def(
+      "composite_symmetry_backward(Tensor grad_y1, Tensor grad_y2, Tensor codebook, Tensor weights, Tensor z1, "
+      "Tensor z2, Tensor a, bool need_codebook, bool need_weights, bool need_z1, bool need_z2) -> "
+      "(Tensor grad_codebook, Tensor grad_weights, Tensor grad_z1, Tensor grad_z2)");
+  // ---- end vae -------------------------------------------------------------------------------
 }
 
 namespace {

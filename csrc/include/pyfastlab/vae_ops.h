@@ -1,0 +1,48 @@
+#pragma once
+// Shared pieces of the VAE-family ops (spec vae.md 3.1-3.4) used by the CPU and the CUDA kernels:
+// argument checks (the Python wrappers validate first and promote dtypes, so kernels see fp32 or
+// fp64 contiguous inputs) and the stable Daleckii-Krein divided difference.
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <tuple>
+
+namespace pyfastlab::vae {
+
+inline void check_square_batch(const char* op, const char* name, const at::Tensor& a) {
+  TORCH_CHECK_VALUE(a.dim() >= 2 && a.size(-1) == a.size(-2), op, ": ", name,
+                    " must be [..., n, n] square matrices, got ", a.sizes());
+  TORCH_CHECK_VALUE(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble, op, ": ", name,
+                    " must be float32 or float64 here (the wrapper upcasts half types), got ", a.scalar_type());
+}
+
+inline void check_same(const char* op, const char* name, const at::Tensor& x, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(x.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ", ref.scalar_type(),
+                    ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ", x.device());
+}
+
+// (Q, lam) of sym(w) for w [..., n, n] (contiguous), lam = NaN for matrices with a non-finite entry
+// (csrc/vae_composite.cpp, ATen's batched eigh).
+std::tuple<at::Tensor, at::Tensor> guarded_eigh(const at::Tensor& w);
+// A = weights @ codebook_flat as [P, n, n]: one GEMM (K = 0 gives zeros).
+at::Tensor combine_codebook(const at::Tensor& codebook, const at::Tensor& weights);
+
+// F_ij = (e^li - e^lj) / (li - lj), F_ii = e^li, without cancellation at close eigenvalues:
+// e^((li+lj)/2) sinhc((li-lj)/2), sinhc(d) = sinh(d)/d by its series below 1e-3; for |d| >= 1 the
+// plain quotient (no cancellation there, and no overflow of sinh when the mean is very negative).
+template <typename T>
+C10_HOST_DEVICE inline T dk_weight(T li, T lj) {
+  const T d = (li - lj) / T(2);
+  const T ad = d < T(0) ? -d : d;
+  if (ad < T(1e-3)) {
+    const T d2 = d * d;
+    return ::exp((li + lj) / T(2)) * (T(1) + d2 / T(6) + d2 * d2 / T(120));
+  }
+  if (ad < T(1)) return ::exp((li + lj) / T(2)) * (::sinh(d) / d);
+  return (::exp(li) - ::exp(lj)) / (li - lj);
+}
+
+}  // namespace pyfastlab::vae
