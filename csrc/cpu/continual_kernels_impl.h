@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "continual_kernels.h"
+#include "vec_row_helpers.h"
 
 namespace pyfastlab::continual::cpu {
 inline namespace CPU_CAPABILITY {
@@ -27,13 +28,7 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Rows per parallel task: about 8 K elements, so small C does not drown in scheduling.
-inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)); }
-
-template <typename T>
-inline T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
+using namespace pyfastlab::cpu_vec;
 
 // The mask row of a group as a vector select pattern (all bits set = active), for blendv. Rebuilt
 // only when the group changes: consecutive rows usually belong to the same task.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kd_kernels.h"
+#include "vec_row_helpers.h"
 #include "pyfastlab/kd_loss.h"
 
 namespace pyfastlab::kd::cpu {
@@ -25,41 +26,7 @@ inline namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
-
-// Rows per parallel task: about 8 K elements, so small C does not drown in scheduling.
-inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)); }
-
-template <typename T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
-
-// Every argument here is <= 0 or -inf (NaN and +inf rows are settled before), where exp_u20's
-// 20 ulp are far inside the fp32 tolerance and its clamping never matters.
-template <typename T>
-inline Vectorized<T> fast_exp(const Vectorized<T>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x.exp_u20();
-  } else {
-    return x.exp();
-  }
-}
-
-// Lanes [0, n) of a vector at x + k (n < size: the rest is `fill`), and the matching store.
-template <typename T>
-inline Vectorized<T> load(const T* x, int64_t n, T fill) {
-  using Vec = Vectorized<T>;
-  return n == Vec::size() ? Vec::loadu(x) : Vec::set(Vec(fill), Vec::loadu(x, n), n);
-}
-template <typename T>
-inline Vectorized<T> keep(const Vectorized<T>& v, int64_t n) {
-  using Vec = Vectorized<T>;
-  return n == Vec::size() ? v : Vec::set(Vec(0), v, n);
-}
-template <typename T>
-inline void store(T* x, const Vectorized<T>& v, int64_t n) {
-  n == Vectorized<T>::size() ? v.store(x) : v.store(x, n);
-}
+using namespace pyfastlab::cpu_vec;
 
 // NaN-propagating row max.
 template <typename T>
@@ -69,11 +36,6 @@ inline T row_max(const T* x, int64_t C) {
   for (int64_t k = 0; k < C; k += Vec::size())
     acc = at::vec::maximum(acc, load(x + k, std::min<int64_t>(Vec::size(), C - k), neg_inf<T>()));
   return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
-}
-
-template <typename T>
-inline T sum_lanes(const Vectorized<T>& v) {
-  return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return a + b; }, v);
 }
 
 // l = soft_T2 * KL + hard * CE of one valid row; writes the row's gradient into g unless null.

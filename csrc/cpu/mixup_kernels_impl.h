@@ -20,49 +20,17 @@
 #include <vector>
 
 #include "mixup_kernels.h"
+#include "vec_row_helpers.h"
 
 namespace pyfastlab::mixup::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
+using namespace pyfastlab::cpu_vec;
 
-// Rows per parallel task: about 16 K elements, so small rows do not drown in scheduling.
-inline int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
-
-template <typename T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
-
-// Arguments are <= 0 or -inf (non-finite rows are settled before): exp_u20's 20 ulp are far inside
-// the fp32 tolerance.
-template <typename T>
-inline Vectorized<T> fast_exp(const Vectorized<T>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x.exp_u20();
-  } else {
-    return x.exp();
-  }
-}
-
-template <typename T>
-inline Vectorized<T> load(const T* x, int64_t n, T fill) {
-  using Vec = Vectorized<T>;
-  return n == Vec::size() ? Vec::loadu(x) : Vec::set(Vec(fill), Vec::loadu(x, n), n);
-}
-template <typename T>
-inline void store(T* x, const Vectorized<T>& v, int64_t n) {
-  n == Vectorized<T>::size() ? v.store(x) : v.store(x, n);
-}
-template <typename T>
-inline T sum_lanes(const Vectorized<T>& v) {
-  return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return a + b; }, v);
-}
-template <typename T>
-inline T max_lanes(const Vectorized<T>& v) {
-  return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return at::vec::maximum(a, b); }, v);
-}
+// Rows per parallel task: about 16 K elements.
+inline int64_t mix_grain(int64_t cols) { return row_grain(cols, 16384); }
 
 // dst[0, n) = mixed row of a (anchor) and b (partner) with weight l, by the end rule of 3.1.
 // Same type: vectorised; half types convert element by element into the opmath buffer.
@@ -93,7 +61,7 @@ void pair_mix_forward_typed(const at::Tensor& x, const Pairs& pairs, const at::T
   const S* px = x.const_data_ptr<S>();
   const T* lam = pairs.lam.const_data_ptr<T>();
   S* po = out.data_ptr<S>();
-  at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, mix_grain(D), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(std::is_same_v<S, T> ? 0 : D);
     for (int64_t i = begin; i < end; ++i) {
       const S *a = px + i * D, *b = px + pairs.partner[i] * D;
@@ -132,7 +100,7 @@ void pair_mix_backward_typed(const at::Tensor& grad, const at::Tensor& x, const 
   const T* lam = pairs.lam.const_data_ptr<T>();
   S* pgx = grad_x.data_ptr<S>();
   T* pgl = grad_lam.defined() ? grad_lam.data_ptr<T>() : nullptr;
-  at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, mix_grain(D), [&](int64_t begin, int64_t end) {
     std::vector<T> acc_buf(kSame ? 0 : D), conv(kSame ? 0 : 3 * D);
     using Vec = Vectorized<T>;
     for (int64_t k = begin; k < end; ++k) {
@@ -208,7 +176,7 @@ void mce_forward_typed(const at::Tensor& z, const Pairs& pairs, const at::Tensor
   const int64_t* y = target.const_data_ptr<int64_t>();
   const T* lam = pairs.lam.const_data_ptr<T>();
   T *pl = loss.data_ptr<T>(), *pse = lse.data_ptr<T>();
-  at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, mix_grain(C), [&](int64_t begin, int64_t end) {
     std::vector<T> row(C);  // the one per-thread row buffer of 6
     for (int64_t i = begin; i < end; ++i) {
       mix_row<S, T>(pz + i * C, pz + pairs.partner[i] * C, lam[i], C, row.data());
@@ -234,7 +202,7 @@ void mce_backward_typed(const at::Tensor& w, const at::Tensor& z, const Pairs& p
   T* pgl = grad_lam.defined() ? grad_lam.data_ptr<T>() : nullptr;
   std::vector<T> scratch(B * C);
   T* dsc = scratch.data();
-  at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, mix_grain(C), [&](int64_t begin, int64_t end) {
     std::vector<T> conv(kSame ? 0 : 2 * C);
     for (int64_t i = begin; i < end; ++i) {
       T* d = dsc + i * C;
@@ -265,7 +233,7 @@ void mce_backward_typed(const at::Tensor& w, const at::Tensor& z, const Pairs& p
     }
   });
   S* pgz = grad_z.data_ptr<S>();
-  at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, mix_grain(C), [&](int64_t begin, int64_t end) {
     std::vector<T> acc_buf(kSame ? 0 : C);
     for (int64_t k = begin; k < end; ++k) {
       T* acc = kSame ? reinterpret_cast<T*>(pgz + k * C) : acc_buf.data();
