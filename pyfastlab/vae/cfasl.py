@@ -37,8 +37,44 @@ def _cosines(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -
     return dots / torch.clamp(row_norms.unsqueeze(-1) * col_norms.unsqueeze(-2), min=_COS_FLOOR)
 
 
-def _parallel_block(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor) -> Tensor:
-    return -torch.log(_cosines(rows, cols, row_norms, col_norms).square() + _LOG_FLOOR).sum()
+class _ParallelLogCosSum(torch.autograd.Function):
+    """sum over blocks of -log(cos^2 + 1e-9) between each block's rows and all vectors of the same
+    sections. v `[S, M, n]`, norms `[S, M]`; blocks are (s0, s1, r0, r1): sections s0:s1, rows
+    r0:r1. The backward recomputes each block's cosines and forms its gradient by hand, so no pass
+    holds more than one block of cosines (and no autograd graph of the elementwise chain)."""
+
+    @staticmethod
+    def _block(v, norms, blk):
+        s0, s1, r0, r1 = blk
+        rows, cols = v[s0:s1, r0:r1], v[s0:s1]
+        prod = norms[s0:s1, r0:r1].unsqueeze(-1) * norms[s0:s1].unsqueeze(-2)
+        q = torch.clamp(prod, min=_COS_FLOOR)
+        return rows, cols, prod, q, (rows @ cols.transpose(-1, -2)) / q
+
+    @staticmethod
+    def forward(ctx, v, norms, blocks):
+        ctx.save_for_backward(v, norms)
+        ctx.blocks = blocks
+        total = v.new_zeros(())
+        for blk in blocks:
+            cos = _ParallelLogCosSum._block(v, norms, blk)[-1]
+            total -= cos.square_().add_(_LOG_FLOOR).log_().sum()        # in place: one tile buffer
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        v, norms = ctx.saved_tensors
+        grad_v, grad_n = torch.zeros_like(v), torch.zeros_like(norms)
+        for s0, s1, r0, r1 in ctx.blocks:
+            rows, cols, prod, q, cos = _ParallelLogCosSum._block(v, norms, (s0, s1, r0, r1))
+            g_dot = cos.square().add_(_LOG_FLOOR).reciprocal_().mul_(cos).mul_(-2 * grad).div_(q)
+            g_q = (g_dot * cos).neg_().masked_fill_(prod <= _COS_FLOOR, 0)  # the floor has no gradient
+            grad_v[s0:s1, r0:r1] += g_dot @ cols
+            grad_v[s0:s1] += g_dot.transpose(-1, -2) @ rows
+            grad_n[s0:s1, r0:r1] += (g_q * norms[s0:s1].unsqueeze(-2)).sum(-1)
+            grad_n[s0:s1] += (g_q * norms[s0:s1, r0:r1].unsqueeze(-1)).sum(-2)
+        return grad_v, grad_n, None
 
 
 def _perpendicular_block(rows: Tensor, cols: Tensor, row_norms: Tensor, col_norms: Tensor, row_sec: Tensor,
@@ -92,7 +128,7 @@ class SymmetryCodebook(nn.Module):
         sq = d.square()
         return (sq.sum(dim=2) - sq.amax(dim=2)).square().mean()
 
-    def parallel_loss(self, d: Tensor, *, tile_rows: Optional[int] = 1024) -> Tensor:
+    def parallel_loss(self, d: Tensor, *, tile_rows: Optional[int] = 256) -> Tensor:
         """L_pl = mean over sections and all ordered pairs (self-pairs included) of the section's
         SS*B displacement vectors of -log(cos^2 + 1e-9). The [SS*B, SS*B] cosine matrices are formed
         in tiles of at most tile_rows rows (several sections per tile when they fit) and reduced at
@@ -103,26 +139,21 @@ class SymmetryCodebook(nn.Module):
         m = v.shape[1]
         if m == 0:
             return d.sum() * 0
-        norms = v.norm(dim=2)
         blocks = []
         if tile_rows is None:
-            blocks.append((v, v, norms, norms))
+            blocks.append((0, n, 0, m))
         else:
             if not isinstance(tile_rows, int) or tile_rows < 1:
                 raise ValueError(f"tile_rows must be a positive int or None, got {tile_rows!r}")
             if m <= tile_rows:
                 per = tile_rows // m
-                for s0 in range(0, n, per):
-                    blk = (v[s0:s0 + per], norms[s0:s0 + per])
-                    blocks.append((blk[0], blk[0], blk[1], blk[1]))
+                blocks += [(s0, min(s0 + per, n), 0, m) for s0 in range(0, n, per)]
             else:
-                for s in range(n):
-                    for r0 in range(0, m, tile_rows):
-                        blocks.append((v[s, r0:r0 + tile_rows], v[s], norms[s, r0:r0 + tile_rows], norms[s]))
-        return _run_blocks(_parallel_block, blocks) / (n * m * m)
+                blocks += [(s, s + 1, r0, min(r0 + tile_rows, m)) for s in range(n) for r0 in range(0, m, tile_rows)]
+        return _ParallelLogCosSum.apply(v, v.norm(dim=2), blocks) / (n * m * m)
 
     def perpendicular_loss(self, d: Tensor, *, perp_index: str = "slot", generator: Optional[torch.Generator] = None,
-                           tile_rows: Optional[int] = 1024) -> Tensor:
+                           tile_rows: Optional[int] = 256) -> Tensor:
         """L_pd = (1 / (nB)^2) * sum over pairs from different sections of cos^2, over the n*B vectors
         D_{(i, j_i), b} with one random slot j_i per section (drawn independently: from
         range(section_size) for "slot", range(latent_dim) for "reference" when it fits)."""
@@ -163,7 +194,7 @@ class SymmetryCodebook(nn.Module):
         return total / (k * (k - 1))
 
     def regularizers(self, z: Tensor, *, commutator: str = "pairs", perp_index: str = "slot",
-                     generator: Optional[torch.Generator] = None, tile_rows: Optional[int] = 1024) -> dict:
+                     generator: Optional[torch.Generator] = None, tile_rows: Optional[int] = 256) -> dict:
         """{"sparsity", "parallel", "perpendicular", "commutativity"} on the sampled batch z."""
         d = self.displacements(z)
         return {"sparsity": self.sparsity_loss(d), "parallel": self.parallel_loss(d, tile_rows=tile_rows),
@@ -258,7 +289,7 @@ class CFASL(nn.Module):
     def __init__(self, latent_dim: int, section_size: int = 16, *, alpha: float = 1.0, gamma: float = 1.0,
                  lam: float = 1.0, epsilon: float = 0.1, threshold: float = 0.2, tau: float = 1e-4,
                  init_std: float = 1.0, commutator: str = "pairs", perp_index: str = "slot",
-                 reference_bugs: bool = False, tile_rows: Optional[int] = 1024, distribution: str = "bernoulli"):
+                 reference_bugs: bool = False, tile_rows: Optional[int] = 256, distribution: str = "bernoulli"):
         super().__init__()
         for name, value in (("alpha", alpha), ("gamma", gamma), ("lam", lam), ("epsilon", epsilon)):
             check_finite(name, value)
