@@ -9,7 +9,11 @@ import torch.nn.functional as F
 from pyfastlab.vae import (EFConversion, IPETransform, MIPE, BetaTCVAELoss, MLPDecoder, gaussian_kl,
                            total_correlation_terms)
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    # torch's default seed differs per process: every test starts from the same state
+    torch.manual_seed(0)
 
 
 def _literal_ef(ef, zh, eh):
