@@ -10,3 +10,9 @@ from .tcvae import BetaTCVAELoss, mss_log_weights, total_correlation_terms
 __all__ = ["ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "VAE", "reparameterize", "BetaVAELoss",
            "BetaTCVAELoss", "VAELossTerms", "reconstruction_loss", "gaussian_kl", "total_correlation_terms",
            "mss_log_weights", "DSprites", "DEMO_GRID", "FACTOR_NAMES", "FULL_SIZES", "render", "metrics"]
+from .mipe import EFConversion, IPETransform, MIPE, MIPELossTerms
+
+__all__ += ["IPETransform", "EFConversion", "MIPE", "MIPELossTerms"]
+from .cfasl import CFASL, CFASLLossTerms, CompositeAttention, SymmetryCodebook
+
+__all__ += ["SymmetryCodebook", "CompositeAttention", "CFASL", "CFASLLossTerms"]
