@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -91,11 +92,11 @@ __device__ T block_sum(T v, T* smem) {
 template <typename S, typename T>
 __global__ void pair_mix_forward_kernel(const S* x, const int64_t* p, const T* lam, S* out, int64_t B, int64_t D) {
   const int64_t i = blockIdx.x;
-  const int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (d >= D) return;
   const int64_t j = p[i];
   CUDA_KERNEL_ASSERT(j >= 0 && j < B);
-  out[i * D + d] = static_cast<S>(mix(static_cast<T>(x[i * D + d]), static_cast<T>(x[j * D + d]), lam[i]));
+  // grid-stride over the D chunks: grid.y is capped at 65535 (D > 65535 * kThreads would not launch)
+  for (int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; d < D; d += int64_t(gridDim.y) * blockDim.x)
+    out[i * D + d] = static_cast<S>(mix(static_cast<T>(x[i * D + d]), static_cast<T>(x[j * D + d]), lam[i]));
 }
 
 template <typename S, typename T>
@@ -132,7 +133,8 @@ at::Tensor pair_mix_cuda(const at::Tensor& x_in, const at::Tensor& partner_in, c
   at::Tensor out = at::empty_like(x);
   if (out.numel() == 0) return out;
   at::Tensor l = lam_rows(lam, lam_scalar, B, x);
-  const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((D + kThreads - 1) / kThreads));
+  const int64_t chunks = std::min<int64_t>((D + kThreads - 1) / kThreads, 65535);  // grid.y limit
+  const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>(chunks));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pair_mix_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
