@@ -321,8 +321,11 @@ __device__ T gram_entry(const S* x, int64_t N, int64_t D, int64_t a0, int64_t b0
   return g;
 }
 
+// __launch_bounds__: launched with 1024 threads, so at most 64 registers a thread may be used;
+// without it ptxas may allocate more (fp64 backward sits at exactly 64 on sm_90) and the launch
+// fails with "too many resources requested".
 template <typename S, typename T>
-__global__ void uniformity_forward_kernel(const S* x, const T* norms, T t, T* tile_max, T* tile_sum, int64_t N,
+__global__ void __launch_bounds__(kTile * kTile) uniformity_forward_kernel(const S* x, const T* norms, T t, T* tile_max, T* tile_sum, int64_t N,
                                           int64_t D, int64_t nb) {
   __shared__ T sa[kTile][kTile + 1], sb[kTile][kTile + 1];
   __shared__ T red[2 * (kTile * kTile / 32) + 2];
@@ -353,7 +356,7 @@ __global__ void uniformity_forward_kernel(const S* x, const T* norms, T t, T* ti
 
 // Block (kTile * kTile threads, a warp per row) owns rows a0 .. a0 + kTile; out opmath [N, D] holds its rows only.
 template <typename S, typename T>
-__global__ void uniformity_backward_kernel(const S* x, const T* norms, T t, const T* lse_ptr, const T* g_ptr, T* out,
+__global__ void __launch_bounds__(kTile * kTile) uniformity_backward_kernel(const S* x, const T* norms, T t, const T* lse_ptr, const T* g_ptr, T* out,
                                            int64_t N, int64_t D) {
   __shared__ T sa[kTile][kTile + 1], sb[kTile][kTile + 1], sp[kTile][kTile + 1];
   __shared__ T sr[kTile];
