@@ -72,13 +72,15 @@ def _mix(a, b, lam):
 @triton.jit
 def _pair_mix_fwd(x_ptr, p_ptr, lam_ptr, out_ptr, D, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = cols < D
     j = tl.load(p_ptr + i)
     lam = tl.load(lam_ptr + i)
-    a = tl.load(x_ptr + i * D + cols, mask=m, other=0.0).to(lam.dtype)
-    b = tl.load(x_ptr + j * D + cols, mask=m, other=0.0).to(lam.dtype)
-    tl.store(out_ptr + i * D + cols, _mix(a, b, lam).to(out_ptr.dtype.element_ty), mask=m)
+    # grid-stride over the D chunks: grid axis 1 is capped at 65535 (see pair_mix_forward)
+    for c0 in range(tl.program_id(1) * BLOCK, D, tl.num_programs(1) * BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        m = cols < D
+        a = tl.load(x_ptr + i * D + cols, mask=m, other=0.0).to(lam.dtype)
+        b = tl.load(x_ptr + j * D + cols, mask=m, other=0.0).to(lam.dtype)
+        tl.store(out_ptr + i * D + cols, _mix(a, b, lam).to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -115,7 +117,8 @@ def pair_mix_forward(x, partner, lam, lam_scalar):
     if out.numel() == 0:
         return out
     lam_rows = _lam_rows(lam, lam_scalar, B, x)
-    _pair_mix_fwd[(B, triton.cdiv(D, _BLOCK))](x, partner.contiguous(), lam_rows, out, D, BLOCK=_BLOCK)
+    # CUDA limits grid axis 1 to 65535: D > 65535 * _BLOCK would not launch without the cap
+    _pair_mix_fwd[(B, min(triton.cdiv(D, _BLOCK), 65535))](x, partner.contiguous(), lam_rows, out, D, BLOCK=_BLOCK)
     return out
 
 
