@@ -319,6 +319,12 @@ def _uniformity_setup(x, t):
     norms = x.to(acc).pow(2).sum(1).contiguous()
     ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     block_d = max(16, triton.next_power_of_2(max(x.shape[1], 1)))
+    # A tile holds whole rows: past 1 KB per row (fp32 D > 256, fp64 D > 128) the backward's shared
+    # memory exceeds a Hopper block's 227 KB (measured with ptxas for sm_90) and the launch fails.
+    if not _INTERPRET and block_d * max(x.element_size(), 4) > 1024:
+        raise ValueError(f"uniformity_loss: the Triton kernel keeps whole rows in shared memory and supports "
+                         f"D <= {1024 // max(x.element_size(), 4)} for {x.dtype}, got D = {x.shape[1]}; "
+                         f"use backend='cuda' or 'reference'")
     tl_acc = tl.float64 if acc == torch.float64 else tl.float32
     return x, norms, acc, tl_acc, ieee, block_d, bits(t, x.dtype)
 
