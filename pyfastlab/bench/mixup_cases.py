@@ -1,7 +1,7 @@
 """Benchmark cases of the mixup ops (mixup.md section 7): pair_mix PM-1, mixed CE CE-1/CE-2 (each
 with a randperm partner and a random matching), uniformity UN-1 on CPU, and the H200 cases G-CE
 and G-UN. UN-2 (N = 16384 under a 2 GiB address-space cap, reference OOM) needs a subprocess per
-implementation: bench/mixup_memory_cap.py."""
+implementation and is not a bench case: the slow test in tests/ops/test_mixup_ops.py runs it."""
 from __future__ import annotations
 
 import math
