@@ -91,8 +91,11 @@ def _store_matrix(ptr, x, n, NP: tl.constexpr):
 @triton.jit
 def _plan(a, theta_ptr, deg_ptr, blk_ptr):
     """(m, q, s, finite) from ||a||_1, as expm_plan in expm_engine.h."""
-    nu = tl.max(tl.sum(tl.abs(a), axis=0), axis=0)
-    finite = (nu - nu) == 0
+    colsum = tl.sum(tl.abs(a), axis=0)
+    nu = tl.max(colsum, axis=0)
+    # tl.max drops NaN (maxnumf on the GPU, np.fmax in the interpreter): a NaN column sum next to
+    # finite ones would give a finite nu, so count NaN columns explicitly (all-NaN policy, vae.md 3.0).
+    finite = ((nu - nu) == 0) & (tl.sum((colsum != colsum).to(tl.int32), axis=0) == 0)
     nu = tl.where(finite, nu, 0.0)
     idx = 6
     for i in tl.static_range(6, -1, -1):
