@@ -91,8 +91,11 @@ def _store_matrix(ptr, x, n, NP: tl.constexpr):
 @triton.jit
 def _plan(a, theta_ptr, deg_ptr, blk_ptr):
     """(m, q, s, finite) from ||a||_1, as expm_plan in expm_engine.h."""
-    nu = tl.max(tl.sum(tl.abs(a), axis=0), axis=0)
-    finite = (nu - nu) == 0
+    colsum = tl.sum(tl.abs(a), axis=0)
+    nu = tl.max(colsum, axis=0)
+    # tl.max drops NaN (maxnumf on the GPU, np.fmax in the interpreter): a NaN column sum next to
+    # finite ones would give a finite nu, so count NaN columns explicitly (all-NaN policy, vae.md 3.0).
+    finite = ((nu - nu) == 0) & (tl.sum((colsum != colsum).to(tl.int32), axis=0) == 0)
     nu = tl.where(finite, nu, 0.0)
     idx = 6
     for i in tl.static_range(6, -1, -1):
@@ -276,9 +279,12 @@ def _dk_weight(li, lj):
     mean = (li + lj) / 2
     d2 = d * d
     series = tl.exp(mean) * (1 + d2 / 6 + d2 * d2 / 120)
-    safe_d = tl.where(ad < 1e-3, 1.0, d)
-    sinh = (tl.exp(safe_d) - tl.exp(-safe_d)) / 2
-    mid = tl.exp(mean) * (sinh / safe_d)
+    # sinh(d)/d for 1e-3 <= |d| < 1 by its Taylor series to d^16/17! (truncation < 1e-17), not
+    # (e^d - e^-d)/2d: that cancels (3e-5 relative at d = 1e-3 in fp32, worse with the GPU's
+    # approximate exp), unlike the CPU/CUDA kernels' sinh(d)/d (vae_ops.h dk_weight).
+    sinhc = 1 + d2 * (1 / 6 + d2 * (1 / 120 + d2 * (1 / 5040 + d2 * (1 / 362880 + d2 * (
+        1 / 39916800 + d2 * (1 / 6227020800 + d2 * (1 / 1307674368000 + d2 * (1 / 355687428096000))))))))
+    mid = tl.exp(mean) * sinhc
     safe_diff = tl.where(ad < 1, 1.0, li - lj)
     far = (tl.exp(li) - tl.exp(lj)) / safe_diff
     return tl.where(ad < 1e-3, series, tl.where(ad < 1, mid, far))

@@ -151,6 +151,23 @@ def test_expm_nonfinite_policy_and_input_untouched(backend, device, monkeypatch)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_expm_nan_in_small_norm_matrix_gives_all_nan(backend, device, monkeypatch):
+    # one NaN column next to zero columns: a NaN-dropping max would see ||A||_1 = 0 (m = 1, s = 0)
+    # and return I + A with a single NaN entry instead of the all-NaN matrix
+    monkeypatch.setenv("PYFASTLAB_CHECK", "0")
+    a = torch.zeros(2, 4, 4, device=device)
+    a[1, 1, 2] = math.nan
+    out = ops.expm(a, backend=backend).cpu()
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all()
+    x = a.clone().requires_grad_(True)
+    ops.expm(x, backend=backend).sum().backward()
+    assert torch.isnan(x.grad[1].cpu()).all()
+    y1, y2 = ops.composite_symmetry(a[1:], torch.ones(1, 1, device=device), torch.ones(1, 4, device=device),
+                                    torch.ones(1, 4, device=device), backend=backend)
+    assert torch.isnan(y1).all() and torch.isnan(y2).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_expm_checks_raise_on_nonfinite_and_overflow(backend, device, monkeypatch):
     monkeypatch.setenv("PYFASTLAB_CHECK", "1")
     a = torch.eye(3, device=device)
