@@ -113,14 +113,6 @@ at::Tensor symmetric_expm_backward_cpu(const at::Tensor& grad, const at::Tensor&
   return dk_backward(grad.contiguous(), Q.contiguous(), lam.contiguous(), at::Tensor());
 }
 
-void check_ipe(const char* op, const at::Tensor& z, const at::Tensor& w) {
-  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == w.size(3), op, ": w must be [U, K, n, n], got ", w.sizes());
-  TORCH_CHECK_VALUE(z.dim() == 2 && z.size(1) == w.size(3), op, ": z must be [B, n = ", w.size(3), "], got ",
-                    z.sizes());
-  check_square_batch(op, "w", w);
-  check_same(op, "z", z, w);
-}
-
 // E_u = X_u1 ... X_uK (I for K = 0), one unit per task.
 at::Tensor chain_products(const at::Tensor& X, int64_t U, int64_t K, int64_t n) {
   at::Tensor E = at::empty({U, n, n}, X.options());

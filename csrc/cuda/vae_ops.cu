@@ -428,12 +428,7 @@ at::Tensor symmetric_expm_backward_cuda(const at::Tensor& grad, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ipe_transform_forward_cuda(
     const at::Tensor& z_in, const at::Tensor& w_in) {
-  TORCH_CHECK_VALUE(w_in.dim() == 4 && w_in.size(2) == w_in.size(3), "ipe_transform_forward: w must be [U, K, n, n], got ",
-                    w_in.sizes());
-  TORCH_CHECK_VALUE(z_in.dim() == 2 && z_in.size(1) == w_in.size(3), "ipe_transform_forward: z must be [B, n = ",
-                    w_in.size(3), "], got ", z_in.sizes());
-  check_square_batch("ipe_transform_forward", "w", w_in);
-  check_same("ipe_transform_forward", "z", z_in, w_in);
+  check_ipe("ipe_transform_forward", z_in, w_in);
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor z = z_in.contiguous(), w = w_in.contiguous();
   const int64_t U = w.size(0), K = w.size(1), n = w.size(2), B = z.size(0);
@@ -459,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor> ipe_transform_backward_cuda(const at::Tensor&
                                                                const at::Tensor& z_in, const at::Tensor& X_in,
                                                                const at::Tensor& E, const at::Tensor& Q,
                                                                const at::Tensor& lam, bool need_z, bool need_w) {
-  TORCH_CHECK_VALUE(X_in.dim() == 4, "ipe_transform_backward: x must be [U, K, n, n], got ", X_in.sizes());
+  check_ipe("ipe_transform_backward", z_in, X_in);
   const c10::cuda::CUDAGuard guard(X_in.device());
   const int64_t U = X_in.size(0), K = X_in.size(1), n = X_in.size(2), B = z_in.size(0);
   TORCH_CHECK_VALUE(gzh_in.sizes() == at::IntArrayRef({U, B, n}), "ipe_transform_backward: grad_z_hat must be [", U,

@@ -24,6 +24,15 @@ inline void check_same(const char* op, const char* name, const at::Tensor& x, co
   TORCH_CHECK_VALUE(x.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ", x.device());
 }
 
+// z [B, n] against the stacked factors w [U, K, n, n] of ipe_transform (forward and backward).
+inline void check_ipe(const char* op, const at::Tensor& z, const at::Tensor& w) {
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == w.size(3), op, ": w must be [U, K, n, n], got ", w.sizes());
+  TORCH_CHECK_VALUE(z.dim() == 2 && z.size(1) == w.size(3), op, ": z must be [B, n = ", w.size(3), "], got ",
+                    z.sizes());
+  check_square_batch(op, "w", w);
+  check_same(op, "z", z, w);
+}
+
 // (Q, lam) of sym(w) for w [..., n, n] (contiguous), lam = NaN for matrices with a non-finite entry
 // (csrc/vae_composite.cpp, ATen's batched eigh).
 std::tuple<at::Tensor, at::Tensor> guarded_eigh(const at::Tensor& w);
