@@ -25,10 +25,10 @@ python3 -m pip install -v --no-build-isolation --no-deps -C cmake.define.PFL_CUD
 log "build: $(( $(date +%s) - start )) s; $(grep -h -- '-- pyfastlab:' "$OUT/build.log" | sed 's/^.*-- //' | sort -u | tr '\n' ' ')"
 
 # Three shards in parallel (the GPU has room; the session's minutes are few): the long
-# cross-entropy files, the distillation ops, everything else.
+# cross-entropy files with the VAE ops, the distillation and mixup ops, everything else.
 cd tests
-shard_1="ops/test_continual_cross_entropy.py ops/test_continual_long_rows.py"
-shard_2="ops/test_cka.py ops/test_kd_loss.py"
+shard_1="ops/test_continual_cross_entropy.py ops/test_continual_long_rows.py ops/test_vae_ops.py"
+shard_2="ops/test_cka.py ops/test_kd_loss.py ops/test_mixup_ops.py"
 pytest_shard() {
   timeout "${PFL_TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m "cuda or triton" --benchmark-disable "$@" 2>&1
 }
