@@ -28,16 +28,6 @@ namespace {
 using at::vec::Vectorized;
 using namespace pyfastlab::cpu_vec;
 
-// NaN-propagating row max.
-template <typename T>
-inline T row_max(const T* x, int64_t C) {
-  using Vec = Vectorized<T>;
-  Vec acc(neg_inf<T>());
-  for (int64_t k = 0; k < C; k += Vec::size())
-    acc = at::vec::maximum(acc, load(x + k, std::min<int64_t>(Vec::size(), C - k), neg_inf<T>()));
-  return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
-}
-
 // l = soft_T2 * KL + hard * CE of one valid row; writes the row's gradient into g unless null.
 // With a = (t - M_t)/T and b = (s - M_s)/T: KL = sum e^a (a - b) / S_t - log S_t + log S_q, where
 // terms with e^a = 0 (teacher -inf) are 0 and a student -inf under e^a > 0 makes KL +inf.

@@ -88,8 +88,7 @@ std::tuple<at::Tensor, at::Tensor> pair_mix_backward_cpu(const at::Tensor& grad_
                                                          const c10::optional<at::Tensor>& lam, double lam_scalar,
                                                          bool lam_grad) {
   check_pair("pair_mix_backward", "x", x_in, partner_in, lam);
-  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "pair_mix_backward: grad must have the shape of x ",
-                    x_in.sizes(), ", got ", grad_in.sizes());
+  check_pair_mix_grad(grad_in, x_in);
   at::Tensor x = x_in.contiguous(), partner = partner_in.contiguous();
   at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
   const int64_t B = x.size(0), D = x.size(1);
@@ -148,8 +147,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_logits_cross_entropy_backward_cpu(
   at::Tensor z = logits_in.contiguous(), partner = partner_in.contiguous(), target = target_in.contiguous();
   const int64_t B = z.size(0);
   const auto opmath = opmath_of(z);
-  TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == B, op, ": lse must be [B=", B, "], got ", lse_in.sizes());
-  TORCH_CHECK_VALUE(reduction != kNone || grad_loss.numel() == B, op, ": grad_loss must have B=", B, " elements");
+  check_mixed_ce_saved(op, grad_loss, lse_in, B, reduction);
   std::vector<int64_t> offsets, rows;
   const Pairs pairs = make_pairs(op, partner, lam, lam_scalar, B, opmath, true, offsets, rows);
   // w_i: the row upstream (none: grad_i; sum: grad; mean: grad / B)

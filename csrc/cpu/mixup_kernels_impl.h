@@ -153,16 +153,13 @@ void pair_mix_backward_typed(const at::Tensor& grad, const at::Tensor& x, const 
 template <typename T>
 inline T row_lse(const T* v, int64_t C) {
   using Vec = Vectorized<T>;
-  Vec vmax(neg_inf<T>());
-  for (int64_t k = 0; k < C; k += Vec::size())
-    vmax = at::vec::maximum(vmax, load(v + k, std::min<int64_t>(Vec::size(), C - k), neg_inf<T>()));
-  const T m = max_lanes(vmax);
+  const T m = row_max(v, C);
   if (!std::isfinite(m)) return std::numeric_limits<T>::quiet_NaN();
   Vec acc(T(0));
   for (int64_t k = 0; k < C; k += Vec::size()) {
     const int64_t n = std::min<int64_t>(Vec::size(), C - k);
     const Vec e = fast_exp(load(v + k, n, neg_inf<T>()) - Vec(m));
-    acc = acc + (n == Vec::size() ? e : Vec::set(Vec(T(0)), e, n));
+    acc = acc + keep(e, n);
   }
   return m + std::log(sum_lanes(acc));
 }
@@ -298,7 +295,7 @@ void uniformity_forward_typed(const at::Tensor& gram, const at::Tensor& norms, i
       for (int64_t c = first; c < cols; c += Vec::size()) {
         const int64_t n = std::min<int64_t>(Vec::size(), cols - c);
         const Vec x = fast_exp(load(e + c, n, neg_inf<T>()) - Vec(m));
-        acc = acc + (n == Vec::size() ? x : Vec::set(Vec(T(0)), x, n));
+        acc = acc + keep(x, n);
       }
       pm[r] = m;
       ps[r] = sum_lanes(acc);
@@ -325,8 +322,7 @@ void uniformity_backward_typed(const at::Tensor& gram, const at::Tensor& norms, 
       auto span = [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; c += Vec::size()) {
           const int64_t n = std::min<int64_t>(Vec::size(), c1 - c);
-          Vec v = fast_exp(exponent(load(p + c, n, T(0)), load(pn + c, n, T(0)), na, t) - Vec(lse));
-          if (n != Vec::size()) v = Vec::set(Vec(T(0)), v, n);
+          const Vec v = keep(fast_exp(exponent(load(p + c, n, T(0)), load(pn + c, n, T(0)), na, t) - Vec(lse)), n);
           store(p + c, v, n);
           acc = acc + v;
         }

@@ -58,9 +58,7 @@ at::Tensor expm_forward_cpu(const at::Tensor& a_in) {
 // A_bar = L_exp(A^T, G_bar) by the adjoint of A's own forward (same m and s).
 at::Tensor expm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& a_in) {
   check_square_batch("expm_backward", "a", a_in);
-  check_same("expm_backward", "grad", grad_in, a_in);
-  TORCH_CHECK_VALUE(grad_in.sizes() == a_in.sizes(), "expm_backward: grad must have a's shape ", a_in.sizes(),
-                    ", got ", grad_in.sizes());
+  check_grad_like("expm_backward", "grad", grad_in, a_in);
   const at::Tensor a = a_in.contiguous(), g = grad_in.contiguous();
   at::Tensor out = at::empty_like(a);
   const int64_t n = a.size(-1), batch = n == 0 ? 0 : a.numel() / (n * n);
@@ -94,22 +92,6 @@ void fill_nan(at::Tensor& t, int64_t row, int64_t n) {
     scalar_t* p = t.data_ptr<scalar_t>() + row * n;
     std::fill(p, p + n, std::numeric_limits<scalar_t>::quiet_NaN());
   });
-}
-
-void check_composite(const char* op, const at::Tensor& codebook, const at::Tensor& weights, const at::Tensor& z1,
-                     const at::Tensor& z2) {
-  check_square_batch(op, "codebook", codebook);
-  TORCH_CHECK_VALUE(codebook.dim() == 3, op, ": codebook must be [K, n, n], got ", codebook.sizes());
-  const int64_t K = codebook.size(0), n = codebook.size(1);
-  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == K, op, ": weights must be [P, K = ", K, "], got ",
-                    weights.sizes());
-  const int64_t P = weights.size(0);
-  TORCH_CHECK_VALUE(z1.dim() == 2 && z1.size(0) == P && z1.size(1) == n, op, ": z1 must be [P = ", P, ", n = ", n,
-                    "], got ", z1.sizes());
-  TORCH_CHECK_VALUE(z2.sizes() == z1.sizes(), op, ": z2 must be [", P, ", ", n, "], got ", z2.sizes());
-  check_same(op, "weights", weights, codebook);
-  check_same(op, "z1", z1, codebook);
-  check_same(op, "z2", z2, codebook);
 }
 
 // (y1, y2, A): y1 = z1 expm(A_p), y2 = z2 expm(-A_p); A is returned for the backward.

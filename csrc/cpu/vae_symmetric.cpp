@@ -107,9 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> symmetric_expm_forward_cpu(const 
 
 at::Tensor symmetric_expm_backward_cpu(const at::Tensor& grad, const at::Tensor& Q, const at::Tensor& lam) {
   check_square_batch("symmetric_expm_backward", "q", Q);
-  check_same("symmetric_expm_backward", "grad", grad, Q);
-  TORCH_CHECK_VALUE(grad.sizes() == Q.sizes(), "symmetric_expm_backward: grad must be ", Q.sizes(), ", got ",
-                    grad.sizes());
+  check_grad_like("symmetric_expm_backward", "grad", grad, Q);
   return dk_backward(grad.contiguous(), Q.contiguous(), lam.contiguous(), at::Tensor());
 }
 
@@ -204,11 +202,8 @@ std::tuple<at::Tensor, at::Tensor> ipe_transform_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& z_in, const at::Tensor& X,
                                                               const at::Tensor& E, const at::Tensor& Q,
                                                               const at::Tensor& lam, bool need_z, bool need_w) {
-  TORCH_CHECK_VALUE(X.dim() == 4, "ipe_transform_backward: x must be [U, K, n, n], got ", X.sizes());
-  check_ipe("ipe_transform_backward", z_in, X);
+  check_ipe_backward("ipe_transform_backward", gzh_in, z_in, X);
   const int64_t U = X.size(0), K = X.size(1), n = X.size(2), B = z_in.size(0);
-  TORCH_CHECK_VALUE(gzh_in.sizes() == at::IntArrayRef({U, B, n}), "ipe_transform_backward: grad_z_hat must be [", U,
-                    ", ", B, ", ", n, "], got ", gzh_in.sizes());
   const at::Tensor z = z_in.contiguous(), gzh = gzh_in.contiguous(), gld = gld_in.contiguous();
   at::Tensor gz = at::empty({0}, z.options()), gw = at::empty({0}, z.options());
   if (need_z) {  // z_bar = [Z_1 .. Z_U] [E_1^T; ..; E_U^T]: one GEMM over the batch

@@ -64,5 +64,15 @@ inline T max_lanes(const Vectorized<T>& v) {
   return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return at::vec::maximum(a, b); }, v);
 }
 
+// NaN-propagating max of x[0, n).
+template <typename T>
+inline T row_max(const T* x, int64_t n) {
+  using Vec = Vectorized<T>;
+  Vec acc(neg_inf<T>());
+  for (int64_t k = 0; k < n; k += Vec::size())
+    acc = at::vec::maximum(acc, load(x + k, std::min<int64_t>(Vec::size(), n - k), neg_inf<T>()));
+  return max_lanes(acc);
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace pyfastlab::cpu_vec

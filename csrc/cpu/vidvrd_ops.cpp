@@ -82,9 +82,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_mlp_scores_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& w_in, bool need_a,
     bool need_b, bool need_w) {
   check_pairwise("pairwise_mlp_scores_backward", a_in, b_in, w_in);
+  check_pairwise_grad("pairwise_mlp_scores_backward", grad_in, a_in, b_in);
   const int64_t B = a_in.size(0), N = a_in.size(1), M = b_in.size(1), H = a_in.size(2);
-  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef({B, N, M}), "pairwise_mlp_scores_backward: grad must be [",
-                    B, ", ", N, ", ", M, "], got ", grad_in.sizes());
   at::Tensor a = as_opmath(a_in), b = as_opmath(b_in), w = as_opmath(w_in), g = as_opmath(grad_in);
   const auto o = a.options();
   at::Tensor ga = need_a ? at::zeros({B, N, H}, o) : at::empty({0}, o);

@@ -151,9 +151,7 @@ std::tuple<at::Tensor, at::Tensor> pair_mix_backward_cuda(const at::Tensor& grad
                                                           const c10::optional<at::Tensor>& lam, double lam_scalar,
                                                           bool lam_grad) {
   check_pair("pair_mix_backward", "x", x_in, partner_in, lam);
-  // as the CPU kernel: a grad of another shape would be read out of bounds by the kernel
-  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "pair_mix_backward: grad must have the shape of x ",
-                    x_in.sizes(), ", got ", grad_in.sizes());
+  check_pair_mix_grad(grad_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.contiguous(), partner = partner_in.contiguous();
   at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
@@ -272,10 +270,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_logits_cross_entropy_backward_cuda(
   at::Tensor z = logits_in.contiguous(), partner = partner_in.contiguous(), target = target_in.contiguous();
   const int64_t B = z.size(0), C = z.size(1);
   const auto opmath = opmath_of(z);
-  // as the CPU kernel: a short lse would be read out of bounds, and a 1-element grad_loss with
-  // reduction none would be broadcast silently by the expand below
-  TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == B, op, ": lse must be [B=", B, "], got ", lse_in.sizes());
-  TORCH_CHECK_VALUE(reduction != kNone || grad_loss.numel() == B, op, ": grad_loss must have B=", B, " elements");
+  check_mixed_ce_saved(op, grad_loss, lse_in, B, reduction);
   at::Tensor grad_z = at::empty_like(z);
   const bool want = lam_grad && lam.has_value();
   at::Tensor per_row = at::zeros({B}, z.options().dtype(opmath));

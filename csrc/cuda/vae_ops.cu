@@ -350,9 +350,7 @@ at::Tensor expm_forward_cuda(const at::Tensor& a_in) {
 
 at::Tensor expm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& a_in) {
   check_square_batch("expm_backward", "a", a_in);
-  check_same("expm_backward", "grad", grad_in, a_in);
-  TORCH_CHECK_VALUE(grad_in.sizes() == a_in.sizes(), "expm_backward: grad must have a's shape ", a_in.sizes(),
-                    ", got ", grad_in.sizes());
+  check_grad_like("expm_backward", "grad", grad_in, a_in);
   const c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = a_in.contiguous(), g = grad_in.contiguous();
   at::Tensor out = at::empty_like(a);
@@ -419,9 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> symmetric_expm_forward_cuda(const
 
 at::Tensor symmetric_expm_backward_cuda(const at::Tensor& grad, const at::Tensor& Q, const at::Tensor& lam) {
   check_square_batch("symmetric_expm_backward", "q", Q);
-  check_same("symmetric_expm_backward", "grad", grad, Q);
-  TORCH_CHECK_VALUE(grad.sizes() == Q.sizes(), "symmetric_expm_backward: grad must be ", Q.sizes(), ", got ",
-                    grad.sizes());
+  check_grad_like("symmetric_expm_backward", "grad", grad, Q);
   const c10::cuda::CUDAGuard guard(Q.device());
   return dk_backward(grad.contiguous(), Q.contiguous(), lam.contiguous(), at::Tensor());
 }
@@ -454,11 +450,9 @@ std::tuple<at::Tensor, at::Tensor> ipe_transform_backward_cuda(const at::Tensor&
                                                                const at::Tensor& z_in, const at::Tensor& X_in,
                                                                const at::Tensor& E, const at::Tensor& Q,
                                                                const at::Tensor& lam, bool need_z, bool need_w) {
-  check_ipe("ipe_transform_backward", z_in, X_in);
+  check_ipe_backward("ipe_transform_backward", gzh_in, z_in, X_in);
   const c10::cuda::CUDAGuard guard(X_in.device());
   const int64_t U = X_in.size(0), K = X_in.size(1), n = X_in.size(2), B = z_in.size(0);
-  TORCH_CHECK_VALUE(gzh_in.sizes() == at::IntArrayRef({U, B, n}), "ipe_transform_backward: grad_z_hat must be [", U,
-                    ", ", B, ", ", n, "], got ", gzh_in.sizes());
   const at::Tensor z = z_in.contiguous(), gzh = gzh_in.contiguous(), X = X_in.contiguous();
   at::Tensor gz = at::empty({0}, z.options()), gw = at::empty({0}, z.options());
   if (need_z)
@@ -483,20 +477,6 @@ std::tuple<at::Tensor, at::Tensor> ipe_transform_backward_cuda(const at::Tensor&
     gw = dk_backward(Xbar, Q.contiguous(), lam.contiguous(), diag).reshape({U, K, n, n});
   }
   return {gz, gw};
-}
-
-void check_composite(const char* op, const at::Tensor& codebook, const at::Tensor& weights, const at::Tensor& z1,
-                     const at::Tensor& z2) {
-  check_square_batch(op, "codebook", codebook);
-  TORCH_CHECK_VALUE(codebook.dim() == 3, op, ": codebook must be [K, n, n], got ", codebook.sizes());
-  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == codebook.size(0), op, ": weights must be [P, K = ",
-                    codebook.size(0), "], got ", weights.sizes());
-  TORCH_CHECK_VALUE(z1.dim() == 2 && z1.size(0) == weights.size(0) && z1.size(1) == codebook.size(1), op,
-                    ": z1 must be [P, n], got ", z1.sizes());
-  TORCH_CHECK_VALUE(z2.sizes() == z1.sizes(), op, ": z2 must have z1's shape, got ", z2.sizes());
-  check_same(op, "weights", weights, codebook);
-  check_same(op, "z1", z1, codebook);
-  check_same(op, "z2", z2, codebook);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_symmetry_forward_cuda(const at::Tensor& codebook,

@@ -44,6 +44,19 @@ inline void check_reduction(const char* op, int64_t reduction) {
                     ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
 }
 
+// The saved or incoming tensors of the backwards: a grad of another shape, a short lse or a
+// 1-element grad_loss with reduction none would be read out of bounds or broadcast silently.
+inline void check_pair_mix_grad(const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), "pair_mix_backward: grad must have the shape of x ", x.sizes(),
+                    ", got ", grad.sizes());
+}
+
+inline void check_mixed_ce_saved(const char* op, const at::Tensor& grad_loss, const at::Tensor& lse, int64_t B,
+                                 int64_t reduction) {
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == B, op, ": lse must be [B=", B, "], got ", lse.sizes());
+  TORCH_CHECK_VALUE(reduction != kNone || grad_loss.numel() == B, op, ": grad_loss must have B=", B, " elements");
+}
+
 inline void check_uniformity(const char* op, const at::Tensor& x, double t) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [N, D], got ", x.sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be floating, got ", x.scalar_type());

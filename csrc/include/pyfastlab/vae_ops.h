@@ -33,6 +33,39 @@ inline void check_ipe(const char* op, const at::Tensor& z, const at::Tensor& w) 
   check_same(op, "z", z, w);
 }
 
+// The incoming gradient of a backward: ref's dtype, device and shape.
+inline void check_grad_like(const char* op, const char* name, const at::Tensor& grad, const at::Tensor& ref) {
+  check_same(op, name, grad, ref);
+  TORCH_CHECK_VALUE(grad.sizes() == ref.sizes(), op, ": ", name, " must have the shape ", ref.sizes(), ", got ",
+                    grad.sizes());
+}
+
+// grad_z_hat [U, B, n] of ipe_transform's backward, against z [B, n] and the factors x [U, K, n, n].
+inline void check_ipe_backward(const char* op, const at::Tensor& grad_z_hat, const at::Tensor& z,
+                               const at::Tensor& x) {
+  check_ipe(op, z, x);
+  const int64_t U = x.size(0), n = x.size(2), B = z.size(0);
+  TORCH_CHECK_VALUE(grad_z_hat.sizes() == at::IntArrayRef({U, B, n}), op, ": grad_z_hat must be [", U, ", ", B, ", ",
+                    n, "], got ", grad_z_hat.sizes());
+}
+
+// codebook [K, n, n], weights [P, K], z1 and z2 [P, n] of composite_symmetry, all of one dtype and device.
+inline void check_composite(const char* op, const at::Tensor& codebook, const at::Tensor& weights,
+                            const at::Tensor& z1, const at::Tensor& z2) {
+  check_square_batch(op, "codebook", codebook);
+  TORCH_CHECK_VALUE(codebook.dim() == 3, op, ": codebook must be [K, n, n], got ", codebook.sizes());
+  const int64_t K = codebook.size(0), n = codebook.size(1);
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == K, op, ": weights must be [P, K = ", K, "], got ",
+                    weights.sizes());
+  const int64_t P = weights.size(0);
+  TORCH_CHECK_VALUE(z1.dim() == 2 && z1.size(0) == P && z1.size(1) == n, op, ": z1 must be [P = ", P, ", n = ", n,
+                    "], got ", z1.sizes());
+  TORCH_CHECK_VALUE(z2.sizes() == z1.sizes(), op, ": z2 must be [", P, ", ", n, "], got ", z2.sizes());
+  check_same(op, "weights", weights, codebook);
+  check_same(op, "z1", z1, codebook);
+  check_same(op, "z2", z2, codebook);
+}
+
 // (Q, lam) of sym(w) for w [..., n, n] (contiguous), lam = NaN for matrices with a non-finite entry
 // (csrc/vae_composite.cpp, ATen's batched eigh).
 std::tuple<at::Tensor, at::Tensor> guarded_eigh(const at::Tensor& w);

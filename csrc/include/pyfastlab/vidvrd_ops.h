@@ -26,6 +26,12 @@ inline void check_pairwise(const char* op, const at::Tensor& a, const at::Tensor
                     a.size(2), ", got ", b.sizes(), " and ", w.sizes());
 }
 
+// The backward's incoming gradient: [B, N, M] for a [B, N, H] and b [B, M, H].
+inline void check_pairwise_grad(const char* op, const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({a.size(0), a.size(1), b.size(1)}), op, ": grad must be [",
+                    a.size(0), ", ", a.size(1), ", ", b.size(1), "], got ", grad.sizes());
+}
+
 inline void check_spans(const char* op, const char* name, const at::Tensor& s) {
   TORCH_CHECK_VALUE(s.dim() == 2 && s.size(1) == 2, op, ": ", name, " must be [n, 2] spans, got ", s.sizes());
 }
