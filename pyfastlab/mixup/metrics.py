@@ -52,7 +52,7 @@ def class_alignment(x, labels, *, alpha=2.0, normalize=True) -> Tensor:
         for c in range(classes.shape[0]):
             rows = f[inverse == c]
             total = total + _pow(torch.cdist(rows, rows).pow(2), alpha).sum()
-    return total / n_pairs if bool(n_pairs > 0) else total * float("nan")
+    return total / n_pairs  # no pairs: total is 0 as well, and 0 / 0 is the documented NaN
 
 
 def uniformity(x, *, t=2.0, normalize=True) -> Tensor:
