@@ -11,9 +11,12 @@
 namespace pyfastlab::cka {
 namespace {
 
+// Shifted by the first row before the mean: a constant column is then exactly 0 (a degenerate side,
+// NaN), where the rounded mean of values near 1e30 would leave a residue of their ulp.
 at::Tensor centred(const at::Tensor& t) {
   const at::Tensor w = t.to(at::toOpMathType(t.scalar_type()));
-  return w - w.mean(1, /*keepdim=*/true);
+  const at::Tensor shifted = w - w.narrow(1, 0, 1);
+  return shifted - shifted.mean(1, /*keepdim=*/true);
 }
 
 at::Tensor sum_squares(const at::Tensor& t, bool fp64) {

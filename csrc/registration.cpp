@@ -12,7 +12,7 @@ TORCH_LIBRARY(pyfastlab, m) {
   // Resolved mask: `active` is [G, C] bool (or absent = all active); row i reads
   // active[row_group[i]] (-1 = all active) or, without row_group, row i (G == N) or row 0 (G == 1).
   // mode: 0 = const (masked entries = mask_value, no gradient), 1 = detach (sg(z) + offset).
-  // reduction: 0 = none, 1 = sum, 2 = mean.
+  // reduction (every op): 0 = none, 1 = sum, 2 = mean (pyfastlab/reduction.h).
   // Outputs: loss (reduced, logits dtype), row_loss (opmath [N], unweighted, 0 if not counted),
   // grad ([N, C] gradient for upstream 1, or [0] when compute_grad is false), counted (bool [N]),
   // counts (int64 [3]: rows with a valid active target, counted rows, rows with a bad index).
@@ -42,7 +42,7 @@ TORCH_LIBRARY(pyfastlab, m) {
 
   // ---- distill: kd_loss -------------------------------------------------------------------------
   // Rows [N, C] (the wrapper flattens the leading dims); target int64 [N] or absent.
-  // reduction: 0 = none, 1 = sum, 2 = batchmean (sum over N_valid, the rows not ignored).
+  // reduction 2 is batchmean here: the sum over N_valid, the rows not ignored.
   // Outputs: loss (reduced, or [N] for none; student dtype), grad ([N, C] student dtype: the
   // gradient of each row's v_i l_i for a row upstream of 1, or [0] when compute_grad is false),
   // valid (bool [N]), n_valid (int64 scalar).
@@ -110,7 +110,7 @@ TORCH_LIBRARY(pyfastlab, m) {
   m.def(
       "pair_mix_backward(Tensor grad, Tensor x, Tensor partner, Tensor? lam, float lam_scalar, bool lam_grad) "
       "-> (Tensor grad_x, Tensor grad_lam)");
-  // CE of the mixed logits without storing them; reduction 0 none / 1 mean / 2 sum; lse opmath [B].
+  // CE of the mixed logits without storing them; lse opmath [B].
   m.def(
       "mixed_logits_cross_entropy(Tensor logits, Tensor partner, Tensor? lam, float lam_scalar, Tensor target, "
       "int reduction) -> (Tensor loss, Tensor lse)");

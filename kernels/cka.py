@@ -42,23 +42,26 @@ def use_gram_form(n: int, p: int, q: int, debiased: bool) -> bool:
 
 @triton.jit
 def _centre_kernel(x_ptr, out_ptr, n, d, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """Columns [pid_d * BLOCK_D, ...) of problem pid_b: column means over all n rows, then Xc."""
+    """Columns [pid_d * BLOCK_D, ...) of problem pid_b: column means of x - x_0 over all n rows, then
+    Xc (shifted by the first row: a constant column is exactly 0 at any magnitude)."""
     pid_b, pid_d = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < d
     base = pid_b * n * d
+    first = tl.load(x_ptr + base + cols, mask=col_ok, other=0.0).to(ACC)
     total = tl.zeros([BLOCK_D], dtype=ACC)
     for r0 in range(0, n, BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         ok = (rows[:, None] < n) & col_ok[None, :]
         offs = base + rows[:, None].to(tl.int64) * d + cols[None, :]
-        total += tl.sum(tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC), axis=0)
+        shifted = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC) - first[None, :]
+        total += tl.sum(tl.where(ok, shifted, 0.0), axis=0)
     mean = total / n
     for r0 in range(0, n, BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         ok = (rows[:, None] < n) & col_ok[None, :]
         offs = base + rows[:, None].to(tl.int64) * d + cols[None, :]
-        xc = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC) - mean[None, :]
+        xc = (tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC) - first[None, :]) - mean[None, :]
         tl.store(out_ptr + offs, xc.to(out_ptr.dtype.element_ty), mask=ok)
 
 

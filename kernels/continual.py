@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pyfastlab.ops._reduction import MEAN as _MEAN, NONE as _NONE
 from ._common import INTERPRET as _INTERPRET, bits as _bits, decode as _decode, opmath as _opmath
 
 __all__ = [
@@ -50,7 +51,6 @@ TILE_ELEMS = 65536 if _INTERPRET else 2048
 # Elements per program of the PGD step.
 PGD_BLOCK = 65536 if _INTERPRET else 2048
 
-_NONE, _SUM, _MEAN = 0, 1, 2
 # How a kernel finds the mask row of row i (GMODE).
 _G_ALL, _G_TABLE, _G_ROW, _G_FIRST = 0, 1, 2, 3
 
@@ -184,7 +184,7 @@ def _ce_fwd_fused(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, co
     is_y = cols[None, :] == y[:, None]
     zy = tl.sum(tl.where(is_y, v, 0.0), 1)
     ey = tl.sum(tl.where(is_y, e, 0.0), 1)
-    l = (M + tl.log(S)) - zy
+    l = (M - zy) + tl.log(S)  # M + log S - zy rounds log S away once |M| >> log S
     counted, w = _ce_store_rows(l, valid, dead, rows, rmask, w_ptr, loss_ptr, out_ptr, counted_ptr, HAS_WEIGHT, ACC)
 
     if WANT_GRAD:
@@ -231,7 +231,7 @@ def _ce_fwd_looped(z_ptr, z_stride, y_ptr, valid_ptr, grp_ptr, act_ptr, w_ptr, c
 
     Ms = tl.where(M == float("-inf"), 0.0, M)
     dead = (M == float("-inf")) & (S == S)
-    l = (M + tl.log(S)) - zy
+    l = (M - zy) + tl.log(S)
     counted, w = _ce_store_rows(l, valid, dead, rows, rmask, w_ptr, loss_ptr, out_ptr, counted_ptr, HAS_WEIGHT, ACC)
 
     if WANT_GRAD:

@@ -21,13 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
+from pyfastlab.ops._reduction import MEAN as _BATCHMEAN, NONE as _NONE
 from ._common import INTERPRET as _INTERPRET, bits as _bits, decode as _decode, opmath as _opmath
 
 __all__ = ["kd_loss_forward", "LOOP_BLOCK"]
 
 # Column block: the interpreter runs each block as numpy calls, so bigger blocks mean fewer.
 LOOP_BLOCK = 16384 if _INTERPRET else 4096
-_NONE, _SUM, _BATCHMEAN = 0, 1, 2
 
 
 @triton.jit
@@ -51,9 +51,11 @@ def _kd_fwd(s_ptr, t_ptr, y_ptr, loss_ptr, valid_ptr, g_ptr, C, ignore_index,
     if HAS_TARGET:
         y = tl.load(y_ptr + row)
         valid = y != ignore_index
+        bad_index = valid & ((y < 0) | (y >= C))  # never read: the row gives NaN
     else:
         y = -1
         valid = row >= 0
+        bad_index = row < 0
 
     # Pass 1: (max, sum) of s/T (q), t/T (p) and s (r); s_y.
     Mq = tl.full((), float("-inf"), ACC)
@@ -63,7 +65,7 @@ def _kd_fwd(s_ptr, t_ptr, y_ptr, loss_ptr, valid_ptr, g_ptr, C, ignore_index,
     St = tl.zeros((), ACC)
     Sr = tl.zeros((), ACC)
     sy = tl.zeros((), ACC)
-    if valid:  # ignored rows are never read
+    if valid & (bad_index == 0):  # ignored rows are never read
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             cmask = cols < C
@@ -82,7 +84,8 @@ def _kd_fwd(s_ptr, t_ptr, y_ptr, loss_ptr, valid_ptr, g_ptr, C, ignore_index,
     if USE_SOFT:
         dead = dead | ((Mt == float("-inf")) & (St == St))
         bad = bad | (St != St) | (Mt != Mt) | (Sq != Sq)
-    zero = (valid == 0) | dead
+    bad = bad | bad_index
+    zero = ((valid == 0) | dead) & (bad_index == 0)
     live = (zero | bad) == 0
     Mq = tl.where(zero | bad, 0.0, Mq)
     Mt = tl.where(zero | bad, 0.0, Mt)
@@ -118,7 +121,7 @@ def _kd_fwd(s_ptr, t_ptr, y_ptr, loss_ptr, valid_ptr, g_ptr, C, ignore_index,
     if USE_SOFT:
         loss += _decode(soft_t2_bits, ACC) * (K / St - tl.log(St) + tl.log(Sq))
     if USE_HARD:
-        loss += hard * (Mr + tl.log(Sr) - sy)
+        loss += hard * ((Mr - sy) + tl.log(Sr))  # Mr + log Sr - sy loses log Sr once |Mr| >> 1
     loss = tl.where(zero, 0.0, tl.where(bad, float("nan"), loss))
     tl.store(loss_ptr + row, loss)
     tl.store(valid_ptr + row, valid.to(tl.uint8))

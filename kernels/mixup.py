@@ -16,6 +16,8 @@ Plain launch helpers, no op registration: ``pyfastlab.ops`` wraps them as
   column block and writes only its own rows). Dots in the input dtype with opmath accumulation
   (fp32 in full IEEE precision unless torch allows TF32).
 Scalars the kernels need from tensors (lse, the upstream gradient) are read on device: no syncs.
+An out-of-range partner or target is never read: its row gives NaN (loss, lse, mixed row, grad_lam)
+and takes no part in another row's gradient.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pyfastlab.ops._reduction import MEAN as _MEAN, NONE as _NONE
 from ._common import INTERPRET as _INTERPRET
 from ._common import bits, decode, opmath
 
@@ -33,7 +36,6 @@ __all__ = ["pair_mix_forward", "pair_mix_backward", "mixed_ce_forward", "mixed_c
 
 _BLOCK = 1024 if _INTERPRET else 512      # columns per chunk of a row
 _TILE = 32 if _INTERPRET else 64          # Gram tile rows/columns
-_NONE, _MEAN, _SUM = 0, 1, 2
 
 
 def _lam_rows(lam, lam_scalar: float, n_rows: int, like: torch.Tensor) -> torch.Tensor:
@@ -46,9 +48,10 @@ def _lam_rows(lam, lam_scalar: float, n_rows: int, like: torch.Tensor) -> torch.
 def _inverse_csr(partner: torch.Tensor):
     """(offsets [B + 1], rows [B]): rows i with partner k in ascending i at offsets[k]..offsets[k+1]."""
     n = partner.shape[0]
-    rows = torch.sort(partner, stable=True).indices
+    key = torch.where((partner >= 0) & (partner < n), partner, n)  # out-of-range partners sort last
+    rows = torch.sort(key, stable=True).indices
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=partner.device)
-    offsets[1:] = torch.cumsum(torch.bincount(partner, minlength=n), 0)
+    offsets[1:] = torch.cumsum(torch.bincount(key, minlength=n + 1)[:n], 0)
     return offsets, rows
 
 
@@ -70,9 +73,11 @@ def _mix(a, b, lam):
 # ---- pair_mix -------------------------------------------------------------------------------------
 
 @triton.jit
-def _pair_mix_fwd(x_ptr, p_ptr, lam_ptr, out_ptr, D, BLOCK: tl.constexpr):
+def _pair_mix_fwd(x_ptr, p_ptr, lam_ptr, out_ptr, B, D, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     j = tl.load(p_ptr + i)
+    ok = (j >= 0) & (j < B)
+    j = tl.where(ok, j, i)
     lam = tl.load(lam_ptr + i)
     # grid-stride over the D chunks: grid axis 1 is capped at 65535 (see pair_mix_forward)
     for c0 in range(tl.program_id(1) * BLOCK, D, tl.num_programs(1) * BLOCK):
@@ -80,7 +85,8 @@ def _pair_mix_fwd(x_ptr, p_ptr, lam_ptr, out_ptr, D, BLOCK: tl.constexpr):
         m = cols < D
         a = tl.load(x_ptr + i * D + cols, mask=m, other=0.0).to(lam.dtype)
         b = tl.load(x_ptr + j * D + cols, mask=m, other=0.0).to(lam.dtype)
-        tl.store(out_ptr + i * D + cols, _mix(a, b, lam).to(out_ptr.dtype.element_ty), mask=m)
+        mixed = tl.where(ok, _mix(a, b, lam), float("nan"))
+        tl.store(out_ptr + i * D + cols, mixed.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -89,6 +95,8 @@ def _pair_mix_bwd(g_ptr, x_ptr, p_ptr, lam_ptr, off_ptr, rows_ptr, gx_ptr, glam_
     k = tl.program_id(0).to(tl.int64)
     lk = tl.load(lam_ptr + k)
     pk = tl.load(p_ptr + k)
+    ok = (pk >= 0) & (pk < tl.num_programs(0))
+    pk = tl.where(ok, pk, k)
     start = tl.load(off_ptr + k)
     end = tl.load(off_ptr + k + 1)
     dot = tl.zeros((BLOCK,), dtype=lk.dtype)
@@ -107,7 +115,7 @@ def _pair_mix_bwd(g_ptr, x_ptr, p_ptr, lam_ptr, off_ptr, rows_ptr, gx_ptr, glam_
             xp = tl.load(x_ptr + pk * D + cols, mask=m, other=0.0).to(lk.dtype)
             dot += gk * (xk - xp)
     if WANT_LAM:
-        tl.store(glam_ptr + k, tl.sum(dot, axis=0))
+        tl.store(glam_ptr + k, tl.where(ok, tl.sum(dot, axis=0), float("nan")))
 
 
 def pair_mix_forward(x, partner, lam, lam_scalar):
@@ -118,7 +126,8 @@ def pair_mix_forward(x, partner, lam, lam_scalar):
         return out
     lam_rows = _lam_rows(lam, lam_scalar, B, x)
     # CUDA limits grid axis 1 to 65535: D > 65535 * _BLOCK would not launch without the cap
-    _pair_mix_fwd[(B, min(triton.cdiv(D, _BLOCK), 65535))](x, partner.contiguous(), lam_rows, out, D, BLOCK=_BLOCK)
+    _pair_mix_fwd[(B, min(triton.cdiv(D, _BLOCK), 65535))](x, partner.contiguous(), lam_rows, out, B, D,
+                                                          BLOCK=_BLOCK)
     return out
 
 
@@ -139,9 +148,13 @@ def pair_mix_backward(grad, x, partner, lam, lam_scalar, lam_grad):
 # ---- mixed_logits_cross_entropy ------------------------------------------------------------------
 
 @triton.jit
-def _mce_fwd(z_ptr, p_ptr, lam_ptr, y_ptr, loss_ptr, lse_ptr, C, BLOCK: tl.constexpr):
+def _mce_fwd(z_ptr, p_ptr, lam_ptr, y_ptr, loss_ptr, lse_ptr, B, C, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     j = tl.load(p_ptr + i)
+    y = tl.load(y_ptr + i)
+    ok = (j >= 0) & (j < B) & (y >= 0) & (y < C)
+    j = tl.where(ok, j, i)
+    y = tl.where(ok, y, 0)
     lam = tl.load(lam_ptr + i)
     m = tl.full((), float("-inf"), lam.dtype)
     s = tl.zeros((), lam.dtype)
@@ -157,12 +170,11 @@ def _mce_fwd(z_ptr, p_ptr, lam_ptr, y_ptr, loss_ptr, lse_ptr, C, BLOCK: tl.const
         safe = tl.where(new_m == float("-inf"), 0.0, new_m)  # nothing to rescale while the max is -inf
         s = s * tl.exp(m - safe) + tl.sum(tl.exp(v - safe), axis=0)
         m = new_m
-    y = tl.load(y_ptr + i)
     zy = _mix(tl.load(z_ptr + i * C + y).to(lam.dtype), tl.load(z_ptr + j * C + y).to(lam.dtype), lam)
-    finite = (bad == 0) & (m > float("-inf")) & (m < float("inf"))
-    lse = tl.where(finite, m + tl.log(s), float("nan"))
-    tl.store(lse_ptr + i, lse)
-    tl.store(loss_ptr + i, lse - zy)
+    finite = ok & (bad == 0) & (m > float("-inf")) & (m < float("inf"))
+    tl.store(lse_ptr + i, tl.where(finite, m + tl.log(s), float("nan")))
+    # (m - z_y) + log s: lse - z_y would round log s away once |m| >> log s (logits near 1e8)
+    tl.store(loss_ptr + i, tl.where(finite, (m - zy) + tl.log(s), float("nan")))
 
 
 @triton.jit
@@ -170,6 +182,8 @@ def _mce_bwd(z_ptr, p_ptr, lam_ptr, y_ptr, lse_ptr, w_ptr, off_ptr, rows_ptr, gz
              WANT_LAM: tl.constexpr, BLOCK: tl.constexpr):
     k = tl.program_id(0).to(tl.int64)
     pk = tl.load(p_ptr + k)
+    # an out-of-range index left lse_k NaN in the forward: the row's gradient is NaN, nothing is read
+    pk = tl.where((pk >= 0) & (pk < tl.num_programs(0)), pk, k)
     lk = tl.load(lam_ptr + k)
     lse_k = tl.load(lse_ptr + k)
     wk = tl.load(w_ptr + k)
@@ -207,7 +221,8 @@ def mixed_ce_forward(logits, partner, lam, lam_scalar, target, reduction):
     rows_loss = torch.empty(B, dtype=lam_rows.dtype, device=z.device)
     lse = torch.empty(B, dtype=lam_rows.dtype, device=z.device)
     if B > 0:
-        _mce_fwd[(B,)](z, partner.contiguous(), lam_rows, target.contiguous(), rows_loss, lse, C, BLOCK=_BLOCK)
+        _mce_fwd[(B,)](z, partner.contiguous(), lam_rows, target.contiguous(), rows_loss, lse, B, C,
+                       BLOCK=_BLOCK)
     if reduction == _NONE:
         return rows_loss.to(z.dtype), lse
     total = rows_loss.double().sum()
@@ -244,8 +259,15 @@ def _gram(xa, xb, ACC: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _squared_distance(g, na, nb):
+    """n_a + n_b - 2 g; +inf where exactly one squared norm overflowed (not the NaN of inf - inf)."""
+    one_inf = (na[:, None] == float("inf")) != (nb[None, :] == float("inf"))
+    return tl.where(one_inf, float("inf"), na[:, None] + nb[None, :] - 2 * g)
+
+
+@triton.jit
 def _exponent(g, na, nb, t):
-    return -t * tl.maximum(na[:, None] + nb[None, :] - 2 * g, 0.0)
+    return -t * tl.maximum(_squared_distance(g, na, nb), 0.0)
 
 
 @triton.jit
@@ -267,7 +289,7 @@ def _uniformity_fwd(x_ptr, n_ptr, t_bits, max_ptr, sum_ptr, N, D, NB,
         nb = tl.load(n_ptr + b, mask=b < N, other=0.0)
         g = _gram(xa, xb, ACC, IEEE)
         pair = (b[None, :] > a[:, None]) & (b[None, :] < N)
-        raw = na[:, None] + nb[None, :] - 2 * g  # NaN is tested here: tl.maximum may drop it
+        raw = _squared_distance(g, na, nb)  # NaN is tested here: tl.maximum may drop it
         bad = tl.max(tl.max(((raw != raw) & pair).to(tl.int32), axis=1), axis=0)
         e = tl.where(pair, _exponent(g, na, nb, t), float("-inf"))
         m = tl.max(tl.max(e, axis=1), axis=0)

@@ -15,18 +15,25 @@ TOLERANCES = {
 }
 
 
-def devices() -> list[torch.device]:
-    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+def devices() -> list:
+    """CPU and CUDA as pytest params: CUDA is always collected, and skipped where no GPU is."""
+    cuda = [pytest.mark.cuda] + ([] if torch.cuda.is_available() else [pytest.mark.skip(reason="needs a CUDA device")])
+    return [pytest.param(torch.device("cpu"), id="cpu"), pytest.param(torch.device("cuda"), marks=cuda, id="cuda")]
 
 
 def kernel_backends() -> list:
-    """(backend, device) pairs of every kernel backend available here, as pytest params."""
+    """(backend, device) of every kernel backend as pytest params: cpu, cuda, and triton (on CUDA
+    tensors with a GPU, else on CPU tensors under TRITON_INTERPRET=1). Each is always collected and,
+    where it cannot run here, skipped with the reason, so a run says what it did not test."""
+    triton_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     params = []
-    for device in devices():
-        for backend in ("cpu", "cuda", "triton"):
-            if _backends.unavailable_reason(backend, device) is None:
-                marks = [getattr(pytest.mark, backend)] if backend in ("cuda", "triton") else []
-                params.append(pytest.param(backend, device, marks=marks, id=f"{backend}-{device.type}"))
+    for backend, device in (("cpu", torch.device("cpu")), ("cuda", torch.device("cuda")), ("triton", triton_device)):
+        marks = [getattr(pytest.mark, backend)] if backend in ("cuda", "triton") else []
+        reason = "needs a CUDA device" if device.type == "cuda" and not torch.cuda.is_available() \
+            else _backends.unavailable_reason(backend, device)
+        if reason is not None:
+            marks.append(pytest.mark.skip(reason=f"backend {backend!r}: {reason}"))
+        params.append(pytest.param(backend, device, marks=marks, id=f"{backend}-{device.type}"))
     return params
 
 

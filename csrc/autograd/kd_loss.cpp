@@ -36,7 +36,7 @@ at::Tensor kd_loss_backward(const at::Tensor& grad_loss, const at::Tensor& grad,
     TORCH_CHECK_VALUE(scale.numel() == N, "kd_loss_backward: grad_loss must have N=", N,
                       " elements for reduction='none'");
     scale = scale.reshape({N});
-  } else if (reduction == kBatchMean) {
+  } else if (reduction == kMean) {
     scale = scale / n_valid.clamp_min(1).to(opmath_dtype);
   }
   scale = at::where(valid, scale, at::zeros({}, scale.options()));

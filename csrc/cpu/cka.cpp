@@ -30,16 +30,19 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Centres columns [c0, c0 + w) of one problem x [n, d] (row-major) into xc [n, w]: fp64 column sums.
 template <typename scalar_t, typename T>
 void centre_columns(const scalar_t* x, int64_t n, int64_t d, int64_t c0, int64_t w, T* xc, double* mean) {
+  // mean of x - x_0 (the first row): a constant column centres to exactly 0 at any magnitude
+  const scalar_t* first = x + c0;
   std::fill(mean, mean + w, 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t* row = x + i * d + c0;
-    for (int64_t j = 0; j < w; ++j) mean[j] += static_cast<double>(row[j]);
+    for (int64_t j = 0; j < w; ++j) mean[j] += static_cast<double>(row[j]) - static_cast<double>(first[j]);
   }
   for (int64_t j = 0; j < w; ++j) mean[j] /= static_cast<double>(n);
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t* row = x + i * d + c0;
     T* out = xc + i * w;
-    for (int64_t j = 0; j < w; ++j) out[j] = static_cast<T>(static_cast<double>(row[j]) - mean[j]);
+    for (int64_t j = 0; j < w; ++j)
+      out[j] = static_cast<T>((static_cast<double>(row[j]) - static_cast<double>(first[j])) - mean[j]);
   }
 }
 

@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   check_logits(logits, op);
   check_mask(logits, active, row_group, op);
   check_scalars(mask_value, offset, mode, op);
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kMean, op, ": reduction must be 0, 1 or 2");
+  check_reduction(op, reduction);
   const int64_t N = logits.size(0), C = logits.size(1);
   TORCH_CHECK_VALUE(target.scalar_type() == at::kLong, op, ": target must be int64, got ", target.scalar_type());
   TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == N, op, ": target must be [N=", N, "], got ",

@@ -208,7 +208,7 @@ void cross_entropy(const CrossEntropyArgs& a) {
         }
         const opmath_t zy = v[y];
         const opmath_t S = exp_sum<opmath_t, true>(v, C, M, a.detach ? nullptr : &row_mask, m);
-        const opmath_t l = M + std::log(S) - zy;
+        const opmath_t l = (M - zy) + std::log(S);  // M + log S - zy rounds log S away once |M| >> log S
         const opmath_t w = w_ptr ? w_ptr[i] : opmath_t(1);
         counted_ptr[i] = true;
         loss_ptr[i] = l;

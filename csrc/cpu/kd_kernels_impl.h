@@ -68,7 +68,7 @@ T kd_row(const T* s, const T* t, int64_t C, int64_t y, const Weights<T>& w, T* s
   const T Sq = sum_lanes(acc_q), St = sum_lanes(acc_t), Sr = sum_lanes(acc_r);
   T loss = 0;
   if (w.use_soft) loss += w.soft_T2 * (sum_lanes(acc_k) / St - std::log(St) + std::log(Sq));
-  if (w.use_hard) loss += w.hard * (Ms + std::log(Sr) - s[y]);
+  if (w.use_hard) loss += w.hard * ((Ms - s[y]) + std::log(Sr));  // M + log S - s_y loses log S at |M| >> 1
   if (g == nullptr) return loss;
   const Vec cq(w.use_soft ? w.soft_T / Sq : T(0)), ct(w.use_soft ? w.soft_T / St : T(0));
   const Vec cr(w.use_hard ? w.hard / Sr : T(0));

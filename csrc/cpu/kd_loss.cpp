@@ -26,7 +26,7 @@ int64_t count_valid(const at::Tensor& target, int64_t C, int64_t ignore_index) {
   int64_t n_valid = 0;
   for (int64_t i = 0; i < target.size(0); ++i) {
     if (y[i] == ignore_index) continue;
-    TORCH_CHECK(y[i] >= 0 && y[i] < C, "kd_loss: target[", i, "] = ", y[i], " is outside [0, ", C,
+    TORCH_CHECK_VALUE(y[i] >= 0 && y[i] < C, "kd_loss: target[", i, "] = ", y[i], " is outside [0, ", C,
                 ") and is not ignore_index (", ignore_index, ")");
     ++n_valid;
   }
@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
   } else {
     AT_DISPATCH_FLOATING_TYPES(opmath_dtype, "kd_loss_reduce", [&] {
       double total = blocked_sum(args.row_loss.const_data_ptr<scalar_t>(), N);
-      if (reduction == kBatchMean) total /= static_cast<double>(std::max<int64_t>(n_valid, 1));
+      if (reduction == kMean) total /= static_cast<double>(std::max<int64_t>(n_valid, 1));
       loss = at::scalar_tensor(total, opts);  // rounded once to the student dtype
     });
   }

@@ -37,7 +37,7 @@ Pairs make_pairs(const char* op, const at::Tensor& partner, const c10::optional<
   pairs.partner = partner.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < B; ++i) {
     const int64_t v = pairs.partner[i];
-    TORCH_CHECK_INDEX(v >= 0 && v < B, op, ": partner[", i, "]=", v, " is out of range [0, ", B, ")");
+    TORCH_CHECK_VALUE(v >= 0 && v < B, op, ": partner[", i, "]=", v, " is out of range [0, ", B, ")");
   }
   const auto options = partner.options().dtype(opmath);
   pairs.lam = lam.has_value() ? lam->to(opmath).expand({B}).contiguous() : at::full({B}, lam_scalar, options);
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> pair_mix_backward_cpu(const at::Tensor& grad_
 void check_targets_in_range(const at::Tensor& target, int64_t C) {
   const int64_t* y = target.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < target.numel(); ++i)
-    TORCH_CHECK_INDEX(y[i] >= 0 && y[i] < C, "mixed_logits_cross_entropy: target[", i, "]=", y[i],
+    TORCH_CHECK_VALUE(y[i] >= 0 && y[i] < C, "mixed_logits_cross_entropy: target[", i, "]=", y[i],
                       " is out of range [0, ", C, ")");
 }
 

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mixup_kernels.h"
@@ -149,19 +150,21 @@ void pair_mix_backward_typed(const at::Tensor& grad, const at::Tensor& x, const 
 
 // ---- mixed_logits_cross_entropy -------------------------------------------------------------------
 
-// lse of a row already in opmath: NaN for a NaN, +inf or all -inf row (as F.cross_entropy).
+// (max, log sum exp(v - max)) of a row already in opmath: NaN for a NaN, +inf or all -inf row (as
+// F.cross_entropy). Kept apart so the loss is (max - v_y) + log sum: max + log sum - v_y would round
+// the log away once |max| >> log sum (logits near 1e8).
 template <typename T>
-inline T row_lse(const T* v, int64_t C) {
+inline std::pair<T, T> row_max_log_sum(const T* v, int64_t C) {
   using Vec = Vectorized<T>;
   const T m = row_max(v, C);
-  if (!std::isfinite(m)) return std::numeric_limits<T>::quiet_NaN();
+  if (!std::isfinite(m)) return {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::quiet_NaN()};
   Vec acc(T(0));
   for (int64_t k = 0; k < C; k += Vec::size()) {
     const int64_t n = std::min<int64_t>(Vec::size(), C - k);
     const Vec e = fast_exp(load(v + k, n, neg_inf<T>()) - Vec(m));
     acc = acc + keep(e, n);
   }
-  return m + std::log(sum_lanes(acc));
+  return {m, std::log(sum_lanes(acc))};
 }
 
 template <typename S>
@@ -177,9 +180,9 @@ void mce_forward_typed(const at::Tensor& z, const Pairs& pairs, const at::Tensor
     std::vector<T> row(C);  // the one per-thread row buffer of 6
     for (int64_t i = begin; i < end; ++i) {
       mix_row<S, T>(pz + i * C, pz + pairs.partner[i] * C, lam[i], C, row.data());
-      const T l = row_lse(row.data(), C);
-      pse[i] = l;
-      pl[i] = l - row[y[i]];
+      const auto [m, log_s] = row_max_log_sum(row.data(), C);
+      pse[i] = m + log_s;
+      pl[i] = (m - row[y[i]]) + log_s;
     }
   });
 }
@@ -256,11 +259,17 @@ void mce_backward_typed(const at::Tensor& w, const at::Tensor& z, const Pairs& p
 
 // ---- uniformity_loss ------------------------------------------------------------------------------
 
-// e = -t max(0, n_a + n_b - 2 g) for a vector of columns (NaN kept by maximum).
+// e = -t max(0, n_a + n_b - 2 g) for a vector of columns (NaN kept by maximum). A squared norm
+// that is +inf on one side only (a row near 1e20 in fp32) makes the distance +inf, not the NaN of
+// inf - inf; +inf on both sides stays NaN (their distance is unknown).
 template <typename T>
 inline Vectorized<T> exponent(const Vectorized<T>& g, const Vectorized<T>& nb, T na, T t) {
   using Vec = Vectorized<T>;
-  return Vec(-t) * at::vec::maximum(Vec(T(0)), Vec(na) + nb - Vec(T(2)) * g);
+  const Vec inf(std::numeric_limits<T>::infinity());
+  Vec d2 = at::vec::maximum(Vec(T(0)), Vec(na) + nb - Vec(T(2)) * g);
+  const Vec nb_inf = nb > Vec(std::numeric_limits<T>::max());  // == would meet C++20's rewritten candidates
+  d2 = na == std::numeric_limits<T>::infinity() ? Vec::blendv(inf, d2, nb_inf) : Vec::blendv(d2, inf, nb_inf);
+  return Vec(-t) * d2;
 }
 
 template <typename T>
@@ -286,9 +295,10 @@ void uniformity_forward_typed(const at::Tensor& gram, const at::Tensor& norms, i
         vmax = at::vec::maximum(vmax, n == Vec::size() ? v : Vec::set(Vec(neg_inf<T>()), v, n));
       }
       const T m = max_lanes(vmax);
-      if (first >= cols || !std::isfinite(m)) {  // no pairs here, or a NaN row
-        pm[r] = first >= cols ? neg_inf<double>() : static_cast<double>(m);
-        ps[r] = first >= cols ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+      if (first >= cols || !std::isfinite(m)) {  // no pairs here, every pair at distance +inf, or NaN
+        const bool none = first >= cols || m == neg_inf<T>();
+        pm[r] = none ? neg_inf<double>() : static_cast<double>(m);
+        ps[r] = none ? 0.0 : std::numeric_limits<double>::quiet_NaN();
         continue;
       }
       Vec acc(T(0));

@@ -2,8 +2,9 @@
 // Taylor program of pyfastlab/expm_engine.h run per matrix inside one at::parallel_for over the
 // batch, with per-thread padded scratch (vae_small_matrix.h). Custom kernels: the norm, the degree
 // and scaling choice (per matrix, no grouping), the Paterson-Stockmeyer evaluation, the squarings,
-// the adjoint recurrence, and composite_symmetry's +-exp, apply and rank-1 backward. ATen calls:
-// composite_symmetry's two codebook GEMMs (A = W G, and W_bar, G_bar), as the spec prescribes.
+// the adjoint recurrence, and composite_symmetry's +-exp, apply and rank-1 backward. Its codebook
+// GEMMs (A = W G, and W_bar, G_bar) go through ordered_mm, not the BLAS: bit-identical results for
+// any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,6 +13,7 @@
 
 #include "pyfastlab/expm_engine.h"
 #include "pyfastlab/vae_ops.h"
+#include "ordered_gemm.h"
 #include "vae_small_matrix.h"
 
 namespace pyfastlab::vae::cpu {
@@ -100,10 +102,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_symmetry_forward_cpu(co
                                                                               const at::Tensor& z1_in,
                                                                               const at::Tensor& z2_in) {
   check_composite("composite_symmetry_forward", codebook, weights, z1_in, z2_in);
-  const at::Tensor A = combine_codebook(codebook, weights);
+  const int64_t K = codebook.size(0), n = codebook.size(1), P = weights.size(0);
+  const at::Tensor A = pyfastlab::cpu::ordered_mm(weights, codebook.reshape({K, n * n})).reshape({P, n, n});
   const at::Tensor z1 = z1_in.contiguous(), z2 = z2_in.contiguous();
   at::Tensor y1 = at::empty_like(z1), y2 = at::empty_like(z2);
-  const int64_t P = A.size(0), n = A.size(1);
   if (P == 0 || n == 0) return {y1, y2, A};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "composite_symmetry_forward_cpu", [&] {
     const scalar_t *pa = A.const_data_ptr<scalar_t>(), *p1 = z1.const_data_ptr<scalar_t>(),
@@ -188,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_symmetry_ba
     if (need_a) gA.zero_();
   }
   at::Tensor gG = at::empty({0}, A.options()), gW = at::empty({0}, A.options());
-  if (need_weights) gW = at::mm(gA.reshape({P, n * n}), codebook.reshape({K, n * n}).t());
-  if (need_codebook) gG = at::mm(weights.t(), gA.reshape({P, n * n})).reshape({K, n, n});
+  if (need_weights) gW = pyfastlab::cpu::ordered_mm(gA.reshape({P, n * n}), codebook.reshape({K, n * n}).t());
+  if (need_codebook) gG = pyfastlab::cpu::ordered_mm(weights.t(), gA.reshape({P, n * n})).reshape({K, n, n});
   if (!need_z1) gz1 = at::empty({0}, A.options());
   if (!need_z2) gz2 = at::empty({0}, A.options());
   return {gG, gW, gz1, gz2};

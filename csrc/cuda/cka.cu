@@ -27,16 +27,19 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kStripElems = int64_t(1) << 16;  // Gram entries per partial-sum block
 
-// One thread per (problem, column): fp64 column sum over the n rows, then the centred column.
+// One thread per (problem, column): fp64 column sum of x - x_0 over the n rows, then the centred
+// column (shifted by the first row: a constant column is exactly 0 at any magnitude).
 template <typename scalar_t, typename T>
 __global__ void centre_kernel(const scalar_t* __restrict__ x, T* __restrict__ xc, int64_t n, int64_t d) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= d) return;
   const int64_t base = static_cast<int64_t>(blockIdx.y) * n * d + j;
+  const double first = static_cast<double>(x[base]);
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[base + i * d]);
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[base + i * d]) - first;
   const double mean = sum / static_cast<double>(n);
-  for (int64_t i = 0; i < n; ++i) xc[base + i * d] = static_cast<T>(static_cast<double>(x[base + i * d]) - mean);
+  for (int64_t i = 0; i < n; ++i)
+    xc[base + i * d] = static_cast<T>((static_cast<double>(x[base + i * d]) - first) - mean);
 }
 
 // Block-wide sum in a fixed tree (deterministic); every thread gets the total.

@@ -195,9 +195,9 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(const Cros
       continue;
     }
     if (M == inf<opmath_t>()) S = qnan<opmath_t>();
-    const opmath_t lse = M + log_op(S);
     const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
-    if (tid == 0) store_row(p, i, true, lse - static_cast<opmath_t>(z[st.y]), w);  // v_y = z_y: active
+    // v_y = z_y (active). (M - v_y) + log S: M + log S - v_y rounds log S away once |M| >> log S.
+    if (tid == 0) store_row(p, i, true, (M - static_cast<opmath_t>(z[st.y])) + log_op(S), w);
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
@@ -463,10 +463,9 @@ __global__ void __launch_bounds__(kBlockRowThreads, 2) cross_entropy_vec_kernel(
       continue;
     }
     if (M == inf<opmath_t>()) S = qnan<opmath_t>();
-    const opmath_t lse = M + log_op(S);
     const opmath_t w = p.weight == nullptr ? opmath_t(1) : p.weight[i];
-    if (tid == 0)  // v_y = z_y: the target is active
-      store_row(p, i, true, lse - static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y]), w);
+    if (tid == 0)  // v_y = z_y: the target is active; (M - v_y) + log S keeps log S at |M| >> 1
+      store_row(p, i, true, (M - static_cast<opmath_t>(reinterpret_cast<const scalar_t*>(z)[st.y])) + log_op(S), w);
     if (g == nullptr) continue;
     const opmath_t coef = w * mean_coef;
     const opmath_t inv = coef / S;
@@ -587,7 +586,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_cr
   TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor here, got ", logits.device());
   check_mask(logits, active, row_group, op);
   check_scalars(mask_value, offset, mode, op);
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kMean, op, ": reduction must be 0, 1 or 2");
+  check_reduction(op, reduction);
   const int64_t N = logits.size(0), C = logits.size(1);
   TORCH_CHECK_VALUE(target.scalar_type() == at::kLong, op, ": target must be int64, got ", target.scalar_type());
   TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == N, op, ": target must be [N=", N, "], got ",
@@ -711,7 +710,7 @@ void masked_cross_entropy_backward_cuda(const at::Tensor& grad_loss, at::Tensor&
   if (grad.numel() == 0) return;
   TORCH_CHECK(grad.is_cuda() && grad.dim() == 2 && grad.is_contiguous(), op,
               ": grad buffer must be a contiguous [N, C] CUDA tensor");
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kMean, op, ": reduction must be 0, 1 or 2");
+  check_reduction(op, reduction);
   const int64_t N = grad.size(0), C = grad.size(1);
   TORCH_CHECK(counted.scalar_type() == at::kBool && counted.numel() == N && counted.device() == grad.device(), op,
               ": counted must be a bool [N=", N, "] tensor on ", grad.device());

@@ -94,18 +94,15 @@ __global__ void __launch_bounds__(kBlockThreads) kd_rows_kernel(const RowParams<
     const scalar_t* __restrict__ t = p.teacher + i * p.C;
     scalar_t* __restrict__ g = p.grad == nullptr ? nullptr : p.grad + i * p.C;
     int64_t y = -1;
-    bool valid = true;
+    bool valid = true, bad_index = false;
     if (p.target != nullptr) {
       y = p.target[i];
       valid = y != p.ignore_index;
-      if (valid) {
-        CUDA_KERNEL_ASSERT(y >= 0 && y < p.C && "kd_loss: target out of range");
-        valid = y >= 0 && y < p.C;  // never read out of bounds, whatever the assert build
-      }
+      bad_index = valid && (y < 0 || y >= p.C);  // never read: the row gives NaN
     }
     // Pass 1: (max, sum) of s/T (q), t/T (p) and s (r). `valid` is uniform over the row's threads.
     T Mq = -inf<T>(), Sq = 0, Mt = -inf<T>(), St = 0, Mr = -inf<T>(), Sr = 0;
-    if (valid) {
+    if (valid && !bad_index) {
       for (int64_t k = tid; k < p.C; k += kRowThreads) {
         const T sk = static_cast<T>(s[k]);
         if (w.use_soft) {
@@ -122,8 +119,8 @@ __global__ void __launch_bounds__(kBlockThreads) kd_rows_kernel(const RowParams<
     }
     // All -inf (student, or teacher under the soft term): zero. NaN / +inf: NaN. Dead wins.
     const bool dead = Mr == -inf<T>() || (w.use_soft && Mt == -inf<T>());
-    const bool zero = !valid || dead;
-    const bool bad = !zero && (!isfinite(Mr) || (w.use_soft && (!isfinite(Mt) || !isfinite(Mq))));
+    const bool zero = !bad_index && (!valid || dead);
+    const bool bad = bad_index || (!zero && (!isfinite(Mr) || (w.use_soft && (!isfinite(Mt) || !isfinite(Mq)))));
     const bool live = !zero && !bad;
 
     // Pass 2: KL numerator sum e^a (a - b) and the gradient row.
@@ -155,7 +152,8 @@ __global__ void __launch_bounds__(kBlockThreads) kd_rows_kernel(const RowParams<
       T l = bad ? qnan<T>() : T(0);
       if (live) {
         if (w.use_soft) l += w.soft_T2 * (K / St - log_op(St) + log_op(Sq));
-        if (w.use_hard) l += w.hard * (Mr + log_op(Sr) - static_cast<T>(s[y]));
+        // (M - s_y) + log S: M + log S - s_y would round log S away once |M| >> log S
+        if (w.use_hard) l += w.hard * ((Mr - static_cast<T>(s[y])) + log_op(Sr));
       }
       p.row_loss[i] = l;
       p.valid[i] = valid;
@@ -194,7 +192,7 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
   *n_valid = n;
   if (reduction == kNone) return;
-  if (reduction == kBatchMean) sum = sum / static_cast<T>(n > 1 ? n : 1);
+  if (reduction == kMean) sum = sum / static_cast<T>(n > 1 ? n : 1);
   *loss = static_cast<scalar_t>(sum);
 }
 

@@ -11,7 +11,8 @@
 // only with fp32/fp64 FMA dots from shared memory, one (max, sum) per tile merged in fp64 in tile
 // order; backward row-owner (a block owns 32 rows, loops over every column tile, accumulates
 // p_ab x_b into its own opmath gradient rows: no atomics). Not yet tensor-core: see the README.
-// Out-of-range partner / target indices trip a device-side assert (negatives are never wrapped).
+// An out-of-range partner or target is never read: its row gives NaN (loss, lse, mixed row and
+// grad_lam) and takes no part in any other row's gradient. PYFASTLAB_CHECK=1 makes the wrapper raise.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -54,11 +55,15 @@ at::Tensor lam_rows(const c10::optional<at::Tensor>& lam, double lam_scalar, int
   return lam.has_value() ? lam->to(opmath_of(like)).expand({B}).contiguous() : at::full({B}, lam_scalar, opt);
 }
 
+__device__ __forceinline__ bool in_range(int64_t index, int64_t size) { return index >= 0 && index < size; }
+
 // (offsets [B + 1], rows [B]): rows i with partner k, ascending i, at offsets[k] .. offsets[k + 1].
+// Rows with an out-of-range partner sort last, past offsets[B]: no row k gathers them.
 std::tuple<at::Tensor, at::Tensor> inverse_csr(const at::Tensor& partner, int64_t B) {
-  at::Tensor rows = std::get<1>(at::sort(partner, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const at::Tensor key = at::where((partner >= 0) & (partner < B), partner, B);
+  at::Tensor rows = std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   at::Tensor offsets = at::zeros({B + 1}, partner.options());
-  offsets.narrow(0, 1, B).copy_(at::cumsum(at::bincount(partner, {}, B), 0));
+  offsets.narrow(0, 1, B).copy_(at::cumsum(at::bincount(key, {}, B + 1).narrow(0, 0, B), 0));
   return {offsets, rows};
 }
 
@@ -93,10 +98,11 @@ template <typename S, typename T>
 __global__ void pair_mix_forward_kernel(const S* x, const int64_t* p, const T* lam, S* out, int64_t B, int64_t D) {
   const int64_t i = blockIdx.x;
   const int64_t j = p[i];
-  CUDA_KERNEL_ASSERT(j >= 0 && j < B);
+  const bool ok = in_range(j, B);
   // grid-stride over the D chunks: grid.y is capped at 65535 (D > 65535 * kThreads would not launch)
   for (int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; d < D; d += int64_t(gridDim.y) * blockDim.x)
-    out[i * D + d] = static_cast<S>(mix(static_cast<T>(x[i * D + d]), static_cast<T>(x[j * D + d]), lam[i]));
+    out[i * D + d] = ok ? static_cast<S>(mix(static_cast<T>(x[i * D + d]), static_cast<T>(x[j * D + d]), lam[i]))
+                        : static_cast<S>(qnan<T>());
 }
 
 template <typename S, typename T>
@@ -104,10 +110,11 @@ __global__ void pair_mix_backward_kernel(const S* g, const S* x, const int64_t* 
                                          const int64_t* off, const int64_t* rows, S* gx, T* glam, int64_t D) {
   __shared__ T smem[33];
   const int64_t k = blockIdx.x;
-  const int64_t pk = p[k];
+  const bool ok = in_range(p[k], gridDim.x);
+  const int64_t pk = ok ? p[k] : k;
   const T lk = lam[k];
   const int64_t start = off[k], end = off[k + 1];
-  T dot = 0;
+  T dot = ok ? T(0) : qnan<T>();
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const T gk = static_cast<T>(g[k * D + d]);
     T acc = lk * gk;
@@ -182,20 +189,21 @@ __global__ void mce_forward_kernel(const S* z, const int64_t* p, const T* lam, c
                                    int64_t B, int64_t C) {
   __shared__ T smem[2 * (kThreads / 32) + 2];
   const int64_t i = blockIdx.x;
-  const int64_t j = p[i];
-  CUDA_KERNEL_ASSERT(j >= 0 && j < B);
+  const int64_t yi = y[i];
+  const bool ok = in_range(p[i], B) && in_range(yi, C);
+  const int64_t j = ok ? p[i] : i;
   const T l = lam[i];
   T m = -inf<T>(), s = 0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
     cuda_rows::online_add<ExpOp>(m, s, mix(static_cast<T>(z[i * C + c]), static_cast<T>(z[j * C + c]), l));
   cuda_rows::row_allreduce<kThreads>(m, s, cuda_rows::MaxSumOp<ExpOp>{}, smem);
   if (threadIdx.x == 0) {
-    const int64_t yi = y[i];
-    CUDA_KERNEL_ASSERT(yi >= 0 && yi < C);
-    const bool finite = !isnan(m) && m != inf<T>() && m != -inf<T>();
-    const T row_lse = finite ? m + ::log(s) : qnan<T>();
-    lse[i] = row_lse;
-    loss[i] = row_lse - mix(static_cast<T>(z[i * C + yi]), static_cast<T>(z[j * C + yi]), l);
+    const bool finite = ok && !isnan(m) && m != inf<T>() && m != -inf<T>();
+    const T log_s = ::log(s);
+    lse[i] = finite ? m + log_s : qnan<T>();
+    // (m - z_y) + log s: lse - z_y would round log s away once |m| >> log s (logits near 1e8)
+    loss[i] = finite ? (m - mix(static_cast<T>(z[i * C + yi]), static_cast<T>(z[j * C + yi]), l)) + log_s
+                     : qnan<T>();
   }
 }
 
@@ -204,7 +212,8 @@ __global__ void mce_backward_kernel(const S* z, const int64_t* p, const T* lam, 
                                     const T* w, const int64_t* off, const int64_t* rows, S* gz, T* glam, int64_t C) {
   __shared__ T smem[33];
   const int64_t k = blockIdx.x;
-  const int64_t pk = p[k], yk = y[k];
+  // an out-of-range index left lse_k NaN in the forward: the row's gradient is NaN, nothing is read
+  const int64_t pk = in_range(p[k], gridDim.x) ? p[k] : k, yk = y[k];
   const T lk = lam[k], lse_k = lse[k], wk = w[k];
   const int64_t start = off[k], end = off[k + 1];
   T dot = 0;
@@ -296,6 +305,12 @@ std::tuple<at::Tensor, at::Tensor> mixed_logits_cross_entropy_backward_cuda(
 
 // ---- uniformity_loss ------------------------------------------------------------------------------
 
+// n_a + n_b - 2 g; +inf where exactly one squared norm overflowed (not the NaN of inf - inf).
+template <typename T>
+__device__ __forceinline__ T squared_distance(T na, T nb, T g) {
+  return (na == inf<T>()) != (nb == inf<T>()) ? inf<T>() : na + nb - T(2) * g;
+}
+
 // The kTile x kTile Gram tile of rows a0.. and columns b0.. (T accumulation over D in chunks of
 // kTile through shared memory); thread (ty, tx) ends with g = X[a0 + ty] . X[b0 + tx].
 // Blocks are 1-D (kTile * kTile threads, a warp per tile row): tx = lane, ty = warp.
@@ -337,7 +352,7 @@ __global__ void __launch_bounds__(kTile * kTile) uniformity_forward_kernel(const
   const int64_t a = I * kTile + threadIdx.x / kTile, b = J * kTile + threadIdx.x % kTile;
   T m = -inf<T>(), s = 0;
   if (b > a && b < N) {
-    const T raw = norms[a] + norms[b] - T(2) * g;
+    const T raw = squared_distance(norms[a], norms[b], g);
     const T e = isnan(raw) ? raw : -t * (raw > T(0) ? raw : T(0));
     cuda_rows::online_add<ExpOp>(m, s, e);
   }
@@ -366,7 +381,7 @@ __global__ void __launch_bounds__(kTile * kTile) uniformity_backward_kernel(cons
     const int64_t a = a0 + ty, b = b0 + tx;
     T p = 0;
     if (a < N && b < N && a != b) {  // the diagonal is excluded by index
-      const T raw = norms[a] + norms[b] - T(2) * g;
+      const T raw = squared_distance(norms[a], norms[b], g);
       const T e = isnan(raw) ? raw : -t * (raw > T(0) ? raw : T(0));
       p = ExpOp{}(e - lse);
     }

@@ -6,6 +6,7 @@ and one `index_copy_` per field. `sample` draws distinct slots with a device `ra
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -188,16 +189,81 @@ class ReplayBuffer:
                 "generator": self.generator.get_state(), "sample_generator": self._sample_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`. Everything is checked before anything is assigned, so a bad
+        state raises ValueError and leaves the buffer as it was; the tensors are copied."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict from ReplayBuffer.state_dict(), got {type(state).__name__}")
+        missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(set(state) - _STATE_KEYS, key=str)
+        if missing or unknown:
+            raise ValueError(f"state must have exactly the keys {sorted(_STATE_KEYS)}: missing {missing}, "
+                             f"unknown {unknown}")
         if state["capacity"] != self.capacity or state["policy"] != self.policy:
             raise ValueError(f"state is for capacity={state['capacity']}, policy={state['policy']!r}; this buffer "
                              f"has capacity={self.capacity}, policy={self.policy!r}")
-        self.n_seen = int(state["n_seen"])
-        self._store = {}
-        for k, v in state["fields"].items():
-            self._store[k] = torch.zeros((self.capacity,) + tuple(v.shape[1:]), dtype=v.dtype, device=self.device)
-            self._store[k][: v.shape[0]] = v.to(self.device)
-        self.generator.set_state(state["generator"])
-        self._sample_generator.set_state(state["sample_generator"].cpu())
+        n_seen = state["n_seen"]
+        if isinstance(n_seen, bool) or not isinstance(n_seen, numbers.Integral) or n_seen < 0:
+            raise ValueError(f"state['n_seen'] must be an int >= 0, got {n_seen!r}")
+        n_seen = int(n_seen)
+        if self.policy == "task_balanced" and n_seen > self.capacity:
+            raise ValueError(f"state['n_seen'] = {n_seen}: a task_balanced buffer holds every sample it has seen, "
+                             f"at most capacity={self.capacity}")
+        store = _checked_fields(state["fields"], min(n_seen, self.capacity), self.policy)
+        generator = _checked_generator_state("generator", state["generator"], torch.device("cpu"))
+        sample_generator = _checked_generator_state("sample_generator", state["sample_generator"], self.device)
+        for k, v in store.items():
+            full = torch.zeros((self.capacity,) + tuple(v.shape[1:]), dtype=v.dtype, device=self.device)
+            full[: v.shape[0]] = v.to(self.device)  # a copy: never the caller's tensor
+            store[k] = full
+        # Everything checked and allocated: commit.
+        self.n_seen, self._store = n_seen, store
+        self.generator.set_state(generator)
+        self._sample_generator.set_state(sample_generator)
+
+
+_STATE_KEYS = frozenset(("capacity", "policy", "n_seen", "fields", "generator", "sample_generator"))
+
+
+def _checked_fields(fields, size: int, policy: str) -> dict[str, Tensor]:
+    """state['fields'] checked against the `size` stored samples, in the dtypes the store keeps."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"state['fields'] must be a dict field -> tensor, got {type(fields).__name__}")
+    unknown = sorted(set(fields) - set(_FIELDS), key=str)
+    if unknown:
+        raise ValueError(f"state['fields'] has unknown keys {unknown}; the fields are {list(_FIELDS)}")
+    required = {"x", "y", "task_ids"} if policy == "task_balanced" else {"x", "y"}
+    if size > 0 and not required <= set(fields):
+        raise ValueError(f"state['fields'] must hold {sorted(required)} for the {size} stored samples, "
+                         f"got {sorted(fields)}")
+    out = {}
+    for k, v in fields.items():
+        name = f"state['fields'][{k!r}]"
+        check_tensor(name, v)
+        if k == "x" and v.dim() < 1:
+            raise ValueError(f"{name} must have a sample dimension, got shape {tuple(v.shape)}")
+        if k in ("y", "task_ids"):  # labels: int64 in the store, as add makes them
+            check_tensor(name, v, dtypes=(torch.int64, torch.int32), dim=1)
+            v = v.long()
+        if k == "logits":
+            check_tensor(name, v, floating=True, dim=2)
+            v = v.float()
+        if v.shape[0] != size:
+            raise ValueError(f"{name} has {v.shape[0]} samples, expected {size} = min(n_seen, capacity) "
+                             f"(shape {tuple(v.shape)})")
+        out[k] = v.detach()
+    return out
+
+
+def _checked_generator_state(key: str, value, device: torch.device) -> Tensor:
+    """A generator state that set_state accepts, tried on a scratch generator of the same device."""
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+        raise ValueError(f"state[{key!r}] must be a uint8 tensor from Generator.get_state(), got "
+                         f"{value.dtype if isinstance(value, Tensor) else type(value).__name__}")
+    value = value.detach().cpu().clone()
+    try:
+        torch.Generator(device).set_state(value)
+    except RuntimeError as exc:
+        raise ValueError(f"state[{key!r}] is not a valid {device.type} generator state ({exc})") from None
+    return value
 
 
 def _to_device(index: Tensor, device: torch.device) -> Tensor:

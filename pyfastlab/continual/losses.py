@@ -61,14 +61,25 @@ class ERLoss(_ReplayLoss):
 
 class ERACELoss(_ReplayLoss):
     """ER-ACE: from the second task, stream rows compete only among the classes present in the
-    stream batch (and the unseen ones); buffer rows use the whole head. `average` halves the sum."""
+    stream batch (and the unseen ones); buffer rows use the whole head. `average` halves the sum.
+
+    mask_rule says which classes count as unseen. "paper" (default): those of no task begun so far,
+    so a current-task class absent from the batch is masked. "mammoth" (aimagelab/mammoth,
+    models/er_ace.py): every class from the largest label any stream batch has shown so far upward,
+    that class included. There the largest seen class stays open when absent from the batch, the
+    classes above it stay open (current-task ones no batch has shown yet too), and a class below it
+    is masked unless in the batch. Labels are recorded from the first task on; begin_task needs no
+    classes. mammoth fills with -1e9: pass mask_value=-1e9 for its exact graph (-inf gives the same
+    loss and gradient unless logits reach -1e9).
+    """
 
     def __init__(self, num_classes: int, *, mask_value: float = float("-inf"), average: bool = False,
                  ace_include_unseen: bool = True, classes_per_task=None, ignore_index: int = -100,
-                 backend: str = "auto"):
+                 mask_rule: str = "paper", backend: str = "auto"):
         super().__init__(GeneralMaskedCrossEntropy(
             mask_value=mask_value, policy="batch_present", num_classes=num_classes, classes_per_task=classes_per_task,
-            ace_include_unseen=ace_include_unseen, ignore_index=ignore_index, backend=backend))
+            ace_include_unseen=ace_include_unseen, ace_mask_rule=mask_rule, ignore_index=ignore_index,
+            backend=backend))
         self.average = bool(average)
 
     def forward(self, stream_logits: Tensor, stream_target: Tensor, buffer_logits: Optional[Tensor] = None,

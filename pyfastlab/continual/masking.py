@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops._checks import check_choice, check_tensor
+from ..ops._checks import check_choice, check_index_range, check_tensor
 
 POLICIES = ("current_task", "own_task", "seen", "batch_present", "none")
+ACE_MASK_RULES = ("paper", "mammoth")
 _REPLAY_GROUP = -1  # the op's "every class active" row group
 
 
@@ -24,6 +25,11 @@ class GeneralMaskedCrossEntropy(nn.Module):
     Masked entries take `mask_value` (mode="const") or keep their value plus `offset` with their
     gradient scaled by `old_grad_scale` (mode="detach"). Replayed rows (`is_replay`) are unmasked
     unless `mask_replay`. Call `begin_task(t)` at the start of every task.
+
+    policy="batch_present" (ER-ACE) keeps the stream batch's classes plus, with `ace_include_unseen`,
+    the unseen ones. `ace_mask_rule` says which are unseen: "paper" (default) the classes of no task
+    begun so far; "mammoth" mammoth's er_ace.py: every class from the largest label seen in a stream
+    batch so far upward (that class included); each forward records its stream labels.
     """
 
     def __init__(self, mode: str = "const", mask_value: float = float("-inf"), offset: float = 0.0,
@@ -31,10 +37,14 @@ class GeneralMaskedCrossEntropy(nn.Module):
                  num_classes: Optional[int] = None,
                  classes_per_task: Union[int, Sequence[Sequence[int]], None] = None,
                  mask_replay: bool = False, ignore_index: int = -100, reduction: str = "mean",
-                 ace_include_unseen: bool = True, backend: str = "auto"):
+                 ace_include_unseen: bool = True, ace_mask_rule: str = "paper", backend: str = "auto"):
         super().__init__()
         check_choice("policy", policy, POLICIES)
-        ops.continual._check_mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
+        check_choice("ace_mask_rule", ace_mask_rule, ACE_MASK_RULES)
+        if ace_mask_rule == "mammoth" and (policy != "batch_present" or not ace_include_unseen):
+            raise ValueError("ace_mask_rule='mammoth' defines the unseen classes of policy='batch_present': it needs "
+                             "that policy and ace_include_unseen=True")
+        ops.continual._mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
         check_choice("reduction", reduction, ops.continual._REDUCTIONS)
         if policy != "none" and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int for policy={policy!r}, got {num_classes!r}")
@@ -44,12 +54,14 @@ class GeneralMaskedCrossEntropy(nn.Module):
         self.old_grad_scale, self.new_grad_scale = float(old_grad_scale), float(new_grad_scale)
         self.policy, self.num_classes, self.mask_replay = policy, num_classes, bool(mask_replay)
         self.ignore_index, self.reduction, self.backend = int(ignore_index), reduction, backend
-        self.ace_include_unseen = bool(ace_include_unseen)
+        self.ace_include_unseen, self.ace_mask_rule = bool(ace_include_unseen), ace_mask_rule
         self.task: Optional[int] = None
         self._task_classes = _task_class_lists(classes_per_task, num_classes) if classes_per_task is not None else None
         n = num_classes or 0
         self.register_buffer("current", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+        if ace_mask_rule == "mammoth":  # the labels of every stream batch so far
+            self.register_buffer("labels_seen", torch.zeros(n, dtype=torch.bool))
         if self._task_classes is not None:
             table = torch.zeros(len(self._task_classes), n, dtype=torch.bool)
             class_task = torch.full((n,), _REPLAY_GROUP, dtype=torch.long)
@@ -65,11 +77,13 @@ class GeneralMaskedCrossEntropy(nn.Module):
                 f"mask_replay={self.mask_replay}")
 
     def begin_task(self, t: int, classes: Optional[Sequence[int]] = None) -> None:
-        """Start task t: its classes (default: from classes_per_task) become current and seen."""
+        """Start task t: its classes (default: from classes_per_task) become current and seen.
+        Under ace_mask_rule="mammoth" the classes are optional (the labels define what is seen)."""
         if not isinstance(t, int) or t < 0:
             raise ValueError(f"t must be a non-negative int, got {t!r}")
         self.task = t
-        if self.policy == "none":
+        if self.policy == "none" or (self.ace_mask_rule == "mammoth" and classes is None
+                                     and self._task_classes is None):
             return
         if classes is None:
             if self._task_classes is None:
@@ -91,7 +105,8 @@ class GeneralMaskedCrossEntropy(nn.Module):
 
     def mask_for(self, logits: Tensor, target: Tensor, *, is_replay: Optional[Tensor] = None,
                  task_ids: Optional[Tensor] = None):
-        """The (active, row_group) pair the op receives for this batch (None, None: unmasked)."""
+        """The (active, row_group) pair the op receives for this batch (None, None: unmasked).
+        Under ace_mask_rule="mammoth" it records the batch's stream labels (a repeat changes nothing)."""
         check_tensor("logits", logits, floating=True, dim=2)
         check_tensor("target", target, dtypes=(torch.int64,), dim=1, device=logits.device)
         n_rows = logits.shape[0]
@@ -108,11 +123,16 @@ class GeneralMaskedCrossEntropy(nn.Module):
         if self.policy == "own_task":
             return self.task_table, self._own_task_groups(target, task_ids, replay)
         if self.policy == "batch_present":
+            stream_targets = target if replay is None else torch.where(replay, self.ignore_index, target)
+            present = self._present_classes(stream_targets)
+            if self.ace_mask_rule == "mammoth":  # recorded from the first task on (same batch twice: no change)
+                self.labels_seen |= present
             if self.task == 0:  # ER-ACE masks from the second task on
                 return None, None
-            stream_targets = target if replay is None else torch.where(replay, self.ignore_index, target)
-            active = self._present_classes(stream_targets)
-            if self.ace_include_unseen:
+            active = present
+            if self.ace_mask_rule == "mammoth":
+                active = active | self._from_largest_seen_label()
+            elif self.ace_include_unseen:
                 active = active | ~self.seen
         else:
             active = self.current if self.policy == "current_task" else self.seen
@@ -135,6 +155,11 @@ class GeneralMaskedCrossEntropy(nn.Module):
             if task_ids.shape != target.shape:
                 raise ValueError(f"task_ids must be [N={target.shape[0]}], got shape {tuple(task_ids.shape)}")
             groups = task_ids.long()
+            # An id outside the table (-1 included) would unmask the row: refuse it (CPU, or a GPU under
+            # PYFASTLAB_CHECK=1); else make it out of range, so that the op drops the row.
+            n_tasks = self.task_table.shape[0]
+            check_index_range("task_ids", groups, 0, n_tasks)
+            groups = torch.where((groups >= 0) & (groups < n_tasks), groups, n_tasks)
         else:
             # A class outside the head maps to group -1 here; the op then reports the target itself.
             in_head = (target >= 0) & (target < self.num_classes)
@@ -142,6 +167,12 @@ class GeneralMaskedCrossEntropy(nn.Module):
         if replay is not None:
             groups = torch.where(replay, _REPLAY_GROUP, groups)
         return groups
+
+    def _from_largest_seen_label(self) -> Tensor:
+        """Bool [C]: classes >= the largest label seen so far (every class before any label)."""
+        index = torch.arange(self.num_classes, device=self.labels_seen.device)
+        largest = torch.where(self.labels_seen, index, -1).max()
+        return index >= largest
 
     def _present_classes(self, targets: Tensor) -> Tensor:
         """Bool [C]: classes of the non-ignored targets, by one index_fill into a spare slot."""

@@ -32,6 +32,24 @@ def _batches(data: Data, batch_size: int) -> Iterable[Tensor]:
     return data()
 
 
+def _check_finite(name: str, x: Tensor) -> None:
+    """One NaN or inf row would make its centroid, and through the distances every centroid, NaN."""
+    finite = torch.isfinite(x).all(1)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0])
+        raise ValueError(f"{name} has a non-finite value (NaN or inf) in row {row}: k-means needs finite data")
+
+
+def _finite_stream(data: Callable[[], Iterable[Tensor]]) -> Callable[[], Iterable[Tensor]]:
+    """`data` with each batch checked as it is read (a stream may differ from pass to pass)."""
+    def batches():
+        for i, batch in enumerate(data()):
+            if isinstance(batch, Tensor) and batch.dim() == 2 and batch.is_floating_point():
+                _check_finite(f"data batch {i}", batch)
+            yield batch  # anything else: _checked names the problem
+    return batches
+
+
 def _checked(batch, width: Optional[int], i: int) -> Tensor:
     check_tensor(f"data batch {i}", batch, floating=True)
     if batch.dim() != 2 or batch.shape[1] == 0:
@@ -141,7 +159,8 @@ def kmeans(data: Data, k: int, *, n_iter: int = 3, init="k-means++", seed: int =
 
     init: "k-means++" (D^2 sampling on a uniform reservoir sample of `init_size` rows, default
     max(20 k, 2048)), "sample" (k distinct rows of that sample) or a [k, F] tensor. Deterministic
-    for a given seed. Raises ValueError for k < 1, k > N, n_iter < 0, batch_size < 1.
+    for a given seed. Raises ValueError for k < 1, k > N, n_iter < 0, batch_size < 1, and for NaN or
+    inf in the data or init (a stream's batches are checked as they are read, on every pass).
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive int (number of centroids), got {k!r}")
@@ -154,6 +173,11 @@ def kmeans(data: Data, k: int, *, n_iter: int = 3, init="k-means++", seed: int =
                          f"[b, F] batches, got {type(data).__name__}")
     if isinstance(data, Tensor):
         check_tensor("data", data, floating=True, dim=2)
+        _check_finite("data", data)
+    else:
+        data = _finite_stream(data)
+    if isinstance(init, Tensor) and init.dim() == 2:
+        _check_finite("init", init.detach())
     with torch.no_grad():
         centroids, n_rows = _initial(data, k, init, seed, batch_size, init_size)
         if n_rows < k:

@@ -7,6 +7,7 @@ fp64 sums; the number of batches cancels in the ratio, which is why the all-redu
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Optional, Sequence
 
@@ -132,12 +133,51 @@ class MinibatchCKA:
                            torch.full_like(xy, float("nan")))
 
     def state_dict(self) -> dict:
-        return {"debiased": self.debiased, "hsic_xy": self.hsic_xy, "hsic_xx": self.hsic_xx,
-                "hsic_yy": self.hsic_yy, "num_batches": self.num_batches, "num_skipped": self.num_skipped}
+        """The accumulators as copies: later updates do not change a saved state."""
+        copy = lambda t: None if t is None else t.clone()  # noqa: E731
+        return {"debiased": self.debiased, "hsic_xy": copy(self.hsic_xy), "hsic_xx": copy(self.hsic_xx),
+                "hsic_yy": copy(self.hsic_yy), "num_batches": self.num_batches, "num_skipped": self.num_skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        if bool(state["debiased"]) != self.debiased:
+        """Restore a `state_dict()` (copied); a bad state raises ValueError and changes nothing."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict from MinibatchCKA.state_dict(), got {type(state).__name__}")
+        missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(set(state) - _STATE_KEYS, key=str)
+        if missing or unknown:
+            raise ValueError(f"state must have exactly the keys {sorted(_STATE_KEYS)}: missing {missing}, "
+                             f"unknown {unknown}")
+        if not isinstance(state["debiased"], bool):
+            raise ValueError(f"state['debiased'] must be a bool, got {state['debiased']!r}")
+        if state["debiased"] != self.debiased:
             raise ValueError(f"state was accumulated with debiased={state['debiased']}, this MinibatchCKA has "
                              f"debiased={self.debiased}")
-        self.hsic_xy, self.hsic_xx, self.hsic_yy = state["hsic_xy"], state["hsic_xx"], state["hsic_yy"]
-        self.num_batches, self.num_skipped = int(state["num_batches"]), int(state["num_skipped"])
+        counts = {}
+        for key in ("num_batches", "num_skipped"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"state[{key!r}] must be an int >= 0, got {value!r}")
+            counts[key] = int(value)
+        hsic = [state[key] for key in ("hsic_xy", "hsic_xx", "hsic_yy")]
+        if all(t is None for t in hsic):
+            if counts["num_batches"]:
+                raise ValueError(f"state['num_batches'] = {counts['num_batches']} but the HSIC accumulators are "
+                                 f"None (no batch added)")
+        else:
+            for key, t, dim in zip(("hsic_xy", "hsic_xx", "hsic_yy"), hsic, (2, 1, 1)):
+                check_tensor(f"state[{key!r}]", t, floating=True, dim=dim)
+            xy, xx, yy = hsic
+            if not xy.device == xx.device == yy.device:
+                raise ValueError(f"state['hsic_xy'], ['hsic_xx'], ['hsic_yy'] must be on one device, got "
+                                 f"{xy.device}, {xx.device}, {yy.device}")
+            if (xx.shape[0], yy.shape[0]) != tuple(xy.shape) or xy.numel() == 0:
+                raise ValueError(f"state['hsic_xy'] must be [L, M] with L, M >= 1, L and M the lengths of "
+                                 f"state['hsic_xx'] [L] and state['hsic_yy'] [M]; got shapes {tuple(xy.shape)}, "
+                                 f"{tuple(xx.shape)}, {tuple(yy.shape)}")
+            if counts["num_batches"] == 0:
+                raise ValueError("state['num_batches'] must be >= 1 when the HSIC accumulators are set")
+            hsic = [t.detach().to(torch.float64, copy=True) for t in hsic]  # fp64 sums, never the caller's
+        self.hsic_xy, self.hsic_xx, self.hsic_yy = hsic
+        self.num_batches, self.num_skipped = counts["num_batches"], counts["num_skipped"]
+
+
+_STATE_KEYS = frozenset(("debiased", "hsic_xy", "hsic_xx", "hsic_yy", "num_batches", "num_skipped"))

@@ -1,7 +1,14 @@
-"""Argument validation shared by the op wrappers: every message names the argument."""
+"""Argument validation shared by the op wrappers.
+
+The error contract: a bad argument (not a tensor, wrong dtype, rank or size, an index out of range,
+a scalar of the wrong kind or value) raises ValueError, and the message names the argument and says
+what was expected. Scalars are checked for their kind before their value, so None, a str or 1.5
+where an int is expected never reach float() / int() with a bare error of their own.
+"""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -22,15 +29,78 @@ def check_tensor(name: str, x, *, dtypes=None, floating=False, dim=None, device=
 
 
 def check_choice(name: str, value, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def check_finite(name: str, value: float, *, allow_neg_inf=False):
+def _tracing(value) -> bool:
+    """While torch.compile traces, a number may be symbolic (dynamic=True): its value is unknown, and
+    reading it would specialise the graph or break it, so only its kind is checked then."""
+    return torch.compiler.is_compiling() or isinstance(value, (torch.SymInt, torch.SymFloat))
+
+
+def check_int(name: str, value, *, minimum=None) -> int:
+    """An int64 (not a bool, not a float such as 1.5 that int() would truncate)."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if _tracing(value):
+        return value
+    value = int(value)
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{name} must fit in int64, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name: str, value, *, allow_neg_inf=False, allow_inf=False, minimum=None, positive=False) -> float:
+    """A real number (int or float, not a bool), finite unless -inf / +-inf are allowed."""
+    if isinstance(value, torch.SymFloat):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a float, got {value!r} ({type(value).__name__})")
+    if _tracing(value):
+        return value
     value = float(value)
-    if math.isnan(value) or value == math.inf or (value == -math.inf and not allow_neg_inf):
-        expected = "finite or -inf" if allow_neg_inf else "finite"
+    infinite_ok = allow_inf or (allow_neg_inf and value == -math.inf)
+    if math.isnan(value) or (math.isinf(value) and not infinite_ok):
+        expected = "finite or +-inf" if allow_inf else "finite or -inf" if allow_neg_inf else "finite"
         raise ValueError(f"{name} must be {expected}, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_finite(name: str, value, *, allow_neg_inf=False) -> float:
+    return check_float(name, value, allow_neg_inf=allow_neg_inf)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_index_range(name: str, index: torch.Tensor, low: int, high: int, *, except_value=None) -> None:
+    """Raise if an index tensor has values outside [low, high) (other than `except_value`).
+    CPU tensors are always checked; on a device the check costs a host sync, so it runs only under
+    PYFASTLAB_CHECK=1 (the kernels themselves never read out of bounds: see each op's docstring)."""
+    if index.numel() == 0 or torch.compiler.is_compiling() or index.device.type == "meta":
+        return
+    if index.device.type != "cpu" and not device_checks_enabled():
+        return
+    bad = (index < low) | (index >= high)
+    if except_value is not None:
+        bad &= index != except_value
+    if bool(bad.any()):
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        value = int(index[at])
+        allowed = f"[{low}, {high})" + ("" if except_value is None else f" or {except_value}")
+        raise ValueError(f"{name}{list(at)} = {value} is out of range: expected {allowed}")
 
 
 def device_checks_enabled() -> bool:

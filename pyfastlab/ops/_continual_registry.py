@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from .._loader import has_compiled_ops
-
-_REDUCTION_NONE, _REDUCTION_MEAN = 0, 2
+from ._memory import check_written_alone
+from ._reduction import MEAN as _REDUCTION_MEAN, NONE as _REDUCTION_NONE
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -75,6 +75,7 @@ def masked_softmax_backward_triton(grad_out: Tensor, out: Tensor, active: Option
 @torch.library.custom_op("pyfastlab::pgd_linf_step_triton_", mutates_args=("x_adv",))
 def pgd_linf_step_triton_(x_adv: Tensor, grad: Tensor, x_clean: Tensor, eps: float, step_size: float, lo: float,
                           hi: float) -> None:
+    check_written_alone("x_adv", x_adv, grad=grad, x_clean=x_clean)  # also reached from compiled graphs
     _triton_kernels().pgd_linf_step_(x_adv, grad, x_clean, eps, step_size, lo, hi)
 
 

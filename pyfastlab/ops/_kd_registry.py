@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from .._loader import has_compiled_ops
-
-_REDUCTION_NONE, _REDUCTION_BATCHMEAN = 0, 2
+from ._reduction import MEAN as _REDUCTION_BATCHMEAN, NONE as _REDUCTION_NONE
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:

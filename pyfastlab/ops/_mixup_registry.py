@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from .._loader import has_compiled_ops
-
-_NONE = 0
+from ._reduction import NONE as _NONE
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:

@@ -7,6 +7,7 @@ A degenerate side (all rows equal: beta == 0) gives NaN for that element and a z
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -14,10 +15,14 @@ from torch import Tensor
 
 from ..reference import cka as reference
 from . import _backends
-from ._checks import check_tensor
+from ._checks import check_bool, check_tensor
 from ._cka_registry import op_for
 
 Layers = Union[Tensor, Sequence[Tensor]]
+
+
+def _opmath(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _min_rows(debiased: bool) -> int:
@@ -25,6 +30,7 @@ def _min_rows(debiased: bool) -> int:
 
 
 def _check_rows(name: str, n: int, debiased: bool) -> None:
+    check_bool("debiased", debiased)
     if n < _min_rows(debiased):
         why = " (the debiased estimator divides by n - 3)" if debiased else ""
         raise ValueError(f"{name} needs n >= {_min_rows(debiased)} rows{why}, got n = {n}")
@@ -52,8 +58,8 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False, backend: str = "
     dtype = torch.promote_types(x.dtype, y.dtype)  # = result_type for tensors of rank >= 2
     x, y = x.to(dtype), y.to(dtype)
     chosen = _backends.resolve(backend, x.device)
-    if chosen == "reference":
-        return reference.linear_cka(x, y, debiased=bool(debiased))
+    if chosen == "reference":  # half types in float32, as the kernels (the Gram sums overflow float16)
+        return reference.linear_cka(_opmath(x), _opmath(y), debiased=debiased).to(dtype)
     batch = x.shape[:-2]
     save = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     cka = op_for("linear_cka", chosen)(x.reshape(-1, n, x.shape[-1]), y.reshape(-1, n, y.shape[-1]),
@@ -78,10 +84,10 @@ def _layers(name: str, layers: Layers) -> list[Tensor]:
             raise ValueError(f"{name} is an empty sequence: pass at least one layer")
     for i, t in enumerate(members):
         check_tensor(f"{name}[{i}]", t, floating=True)
-        if t.dim() < 2 or t[0].numel() == 0:
+        if t.dim() < 2 or math.prod(t.shape[1:]) == 0:
             raise ValueError(f"{name}[{i}] must be [n, d] with d > 0 (more dims are flattened), "
                              f"got shape {tuple(t.shape)}")
-    return [t.reshape(t.shape[0], -1) for t in members]
+    return [t.reshape(t.shape[0], math.prod(t.shape[1:])) for t in members]
 
 
 def cka_matrix(xs: Layers, ys: Layers, *, debiased: bool = False, backend: str = "auto") -> Tensor:
@@ -107,6 +113,6 @@ def cka_matrix(xs: Layers, ys: Layers, *, debiased: bool = False, backend: str =
     xs_, ys_ = [t.to(dtype) for t in xs_], [t.to(dtype) for t in ys_]
     chosen = _backends.resolve(backend, first.device)
     if chosen == "reference":
-        return reference.cka_matrix(xs_, ys_, debiased=bool(debiased))
+        return reference.cka_matrix([_opmath(t) for t in xs_], [_opmath(t) for t in ys_], debiased=debiased).to(dtype)
     cka = op_for("cka_matrix", chosen)(xs_, ys_, bool(debiased))[0]
     return reference.exact_pair(cka, first.shape[0], debiased)

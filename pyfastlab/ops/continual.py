@@ -6,18 +6,17 @@ CUDA tensors) and dispatches to torch.ops.pyfastlab.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ..reference import continual as reference
 from . import _backends
-from ._checks import check_choice, check_finite, check_tensor, device_checks_enabled
+from ._checks import check_bool, check_choice, check_float, check_index_range, check_int, check_tensor
 from ._continual_registry import op_for
+from ._memory import check_written_alone
+from ._reduction import CODES as _REDUCTIONS
 
 _MODES = {"const": 0, "detach": 1}
-_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -49,31 +48,35 @@ def _check_logits(logits):
         raise ValueError("logits must have at least one class (C = 0)")
 
 
-def _check_mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale):
+def _mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale) -> tuple:
+    """The four float arguments of the schema, checked."""
     check_choice("mode", mode, _MODES)
-    check_finite("mask_value", mask_value, allow_neg_inf=True)
-    check_finite("offset", offset)
-    check_finite("old_grad_scale", old_grad_scale)
-    check_finite("new_grad_scale", new_grad_scale)
+    return (check_float("mask_value", mask_value, allow_neg_inf=True), check_float("offset", offset),
+            check_float("old_grad_scale", old_grad_scale), check_float("new_grad_scale", new_grad_scale))
 
 
-def _raise_on_device_flags(counts: Tensor, logits: Tensor, active: Tensor | None):
-    bad = int(counts[2])
-    if bad:
-        groups = 0 if active is None else active.shape[0]
-        raise ValueError(f"target/row_group: {bad} row(s) have a target outside [0, {logits.shape[1]}) "
-                         f"(other than ignore_index) or a row_group outside [-1, {groups})")
+def _check_indices(table, groups, target=None, n_classes=0, ignore_index=None):
+    """Host-side index checks for the backends whose kernels drop bad rows instead of raising (the
+    CPU kernel raises itself): always for CPU tensors, on a GPU under PYFASTLAB_CHECK=1."""
+    if target is not None:
+        check_index_range("target", target, 0, n_classes, except_value=ignore_index)
+    if groups is not None:
+        check_index_range("row_group", groups, -1, table.shape[0])
 
 
 def masked_cross_entropy(logits, target, active=None, row_group=None, *, mode="const", mask_value=float("-inf"),
                          offset=0.0, old_grad_scale=0.0, new_grad_scale=1.0, weight=None, ignore_index=-100,
                          reduction="mean", backend="auto") -> Tensor:
-    """Cross-entropy over the masked logits v of continual.md 3.2 with per-entry gradient control.
+    """Cross-entropy over the masked logits v with per-entry gradient control.
 
     Masked entries take `mask_value` (mode="const", no gradient) or keep their value plus
     `offset` with the gradient scaled by `old_grad_scale` (mode="detach"); active entries'
     gradient is scaled by `new_grad_scale`. Rows whose target is ignore_index or masked, and
     rows that are all -inf, are not counted: zero loss, zero gradient, out of the mean.
+
+    A target outside [0, C) other than ignore_index, or a row_group outside [-1, G), raises
+    ValueError for CPU tensors (on a GPU under PYFASTLAB_CHECK=1); otherwise the CUDA and Triton
+    kernels never read it and leave that row out like an ignored one.
     """
     _check_logits(logits)
     check_tensor("target", target, dtypes=(torch.int64,), dim=1, device=logits.device)
@@ -83,22 +86,21 @@ def masked_cross_entropy(logits, target, active=None, row_group=None, *, mode="c
         check_tensor("weight", weight, floating=True, dim=1, device=logits.device)
         if weight.shape[0] != logits.shape[0]:
             raise ValueError(f"weight must be [N={logits.shape[0]}], got shape {tuple(weight.shape)}")
-    _check_mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
+    scalars = _mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
+    ignore_index = check_int("ignore_index", ignore_index)
     check_choice("reduction", reduction, _REDUCTIONS)
     table, groups = _canonical_mask(active, row_group, logits)
     chosen = _backends.resolve(backend, logits.device)
+    if chosen != "cpu":
+        _check_indices(table, groups, target, logits.shape[1], ignore_index)
     if chosen == "reference":
         return reference.masked_cross_entropy(
             logits, target, active, row_group, mode=mode, mask_value=mask_value, offset=offset,
             old_grad_scale=old_grad_scale, new_grad_scale=new_grad_scale, weight=weight, ignore_index=ignore_index,
             reduction=reduction)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, _, _, _, counts = op_for("masked_cross_entropy", chosen)(
-        logits, target, table, groups, weight, _MODES[mode], float(mask_value), float(offset),
-        float(old_grad_scale), float(new_grad_scale), int(ignore_index), _REDUCTIONS[reduction], compute_grad)
-    if chosen != "cpu" and device_checks_enabled():
-        _raise_on_device_flags(counts, logits, table)
-    return loss
+    return op_for("masked_cross_entropy", chosen)(logits, target, table, groups, weight, _MODES[mode], *scalars,
+                                                  ignore_index, _REDUCTIONS[reduction], compute_grad)[0]
 
 
 def masked_softmax(logits, active=None, row_group=None, *, mode="const", mask_value=float("-inf"), offset=0.0,
@@ -106,23 +108,16 @@ def masked_softmax(logits, active=None, row_group=None, *, mode="const", mask_va
     """softmax(v) (log_softmax with log=True) over the masked logits, same gradient rule as
     masked_cross_entropy. Rows that are all -inf return 0 (log: -inf) with zero gradient."""
     _check_logits(logits)
-    _check_mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
+    scalars = _mask_scalars(mode, mask_value, offset, old_grad_scale, new_grad_scale)
+    check_bool("log", log)
     table, groups = _canonical_mask(active, row_group, logits)
     chosen = _backends.resolve(backend, logits.device)
+    if chosen != "cpu":
+        _check_indices(table, groups)
     if chosen == "reference":
         return reference.masked_softmax(logits, active, row_group, mode=mode, mask_value=mask_value, offset=offset,
-                                        old_grad_scale=old_grad_scale, new_grad_scale=new_grad_scale, log=bool(log))
-    if groups is not None and chosen != "cpu" and device_checks_enabled():
-        if bool(((groups < -1) | (groups >= table.shape[0])).any()):
-            raise ValueError(f"row_group has values outside [-1, {table.shape[0]})")
-    return op_for("masked_softmax", chosen)(logits, table, groups, _MODES[mode], float(mask_value), float(offset),
-                                            float(old_grad_scale), float(new_grad_scale), bool(log))
-
-
-def _shares_memory(a: Tensor, b: Tensor) -> bool:
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-    return a.numel() > 0 and b.numel() > 0
+                                        old_grad_scale=old_grad_scale, new_grad_scale=new_grad_scale, log=log)
+    return op_for("masked_softmax", chosen)(logits, table, groups, _MODES[mode], *scalars, log)
 
 
 def pgd_linf_step_(x_adv, grad, x_clean, *, eps, step_size, lo=0.0, hi=1.0, backend="auto") -> Tensor:
@@ -133,15 +128,19 @@ def pgd_linf_step_(x_adv, grad, x_clean, *, eps, step_size, lo=0.0, hi=1.0, back
         check_tensor(name, t, dtypes=(x_adv.dtype,), device=x_adv.device)
         if t.shape != x_adv.shape:
             raise ValueError(f"{name} must have the shape of x_adv {tuple(x_adv.shape)}, got {tuple(t.shape)}")
-        if not torch.compiler.is_compiling() and _shares_memory(x_adv, t):
-            raise ValueError(f"x_adv must not share memory with {name} (it is written in place)")
     if x_adv.requires_grad:
         raise ValueError("x_adv must not require grad: pgd_linf_step_ writes it in place and is not differentiable")
-    eps, step_size, lo, hi = float(eps), float(step_size), float(lo), float(hi)
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    check_finite("step_size", step_size)
-    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+    if not torch.compiler.is_compiling():
+        check_written_alone("x_adv", x_adv, grad=grad, x_clean=x_clean)
+    else:  # a trace sees only tensor identity; views that overlap are caught by the kernels themselves
+        for name, t in (("grad", grad), ("x_clean", x_clean)):
+            if t is x_adv:
+                raise ValueError(f"x_adv must not share memory with {name} (it is written in place)")
+    eps = check_float("eps", eps, minimum=0.0)
+    step_size = check_float("step_size", step_size)
+    lo = check_float("lo", lo, allow_inf=True)
+    hi = check_float("hi", hi, allow_inf=True)
+    if isinstance(lo, float) and isinstance(hi, float) and lo > hi:
         raise ValueError(f"lo must be <= hi (use +-inf for no box), got lo={lo}, hi={hi}")
     chosen = _backends.resolve(backend, x_adv.device)
     if chosen == "reference":

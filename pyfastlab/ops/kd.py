@@ -12,20 +12,18 @@ import torch
 from torch import Tensor
 
 from ..reference import kd as reference
-from . import _backends
-from ._checks import check_choice, check_finite, check_tensor, device_checks_enabled
+from . import _backends, _reduction
+from ._checks import check_choice, check_float, check_index_range, check_int, check_tensor
 from ._kd_registry import op_for
 
-_REDUCTIONS = {"none": 0, "sum": 1, "batchmean": 2}
+_REDUCTIONS = {"none": _reduction.NONE, "sum": _reduction.SUM, "batchmean": _reduction.MEAN}
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _check_scalars(temperature, soft_weight, hard_weight, reduction):
-    temperature = float(temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    check_finite("soft_weight", soft_weight)
-    check_finite("hard_weight", hard_weight)
+    check_float("temperature", temperature, positive=True)
+    check_float("soft_weight", soft_weight)
+    check_float("hard_weight", hard_weight)
     if reduction == "mean":
         raise ValueError("reduction='mean' is not supported: kl_div's 'mean' divides by N*C, not by the "
                          "number of rows; use reduction='batchmean' (the per-row mean)")
@@ -36,11 +34,7 @@ def _check_target(target, lead, n_classes, ignore_index):
     check_tensor("target", target, dtypes=_INDEX_DTYPES)
     if tuple(target.shape) != tuple(lead):
         raise ValueError(f"target must have the leading shape {tuple(lead)} of the logits, got {tuple(target.shape)}")
-    # Kernels other than the CPU one cannot raise; PYFASTLAB_CHECK=1 checks here (a host sync).
-    if device_checks_enabled() and not torch.compiler.is_compiling():
-        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
-            raise RuntimeError(f"target has values outside [0, {n_classes}) that are not ignore_index ({ignore_index})")
+    check_index_range("target", target, 0, n_classes, except_value=ignore_index)
 
 
 def kd_loss(student_logits, teacher_logits, target=None, *, temperature=4.0, soft_weight=1.0, hard_weight=0.0,
@@ -61,6 +55,7 @@ def kd_loss(student_logits, teacher_logits, target=None, *, temperature=4.0, sof
         raise ValueError(f"teacher_logits must have the shape of student_logits {tuple(student_logits.shape)}, "
                          f"got {tuple(teacher_logits.shape)}")
     _check_scalars(temperature, soft_weight, hard_weight, reduction)
+    ignore_index = check_int("ignore_index", ignore_index)
     n_classes = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
     if n_classes == 1 and soft_weight != 0:
@@ -71,10 +66,14 @@ def kd_loss(student_logits, teacher_logits, target=None, *, temperature=4.0, sof
         if hard_weight != 0:
             raise ValueError(f"hard_weight={hard_weight} needs a target (pass target, or hard_weight=0)")
     else:
-        if target.device != student_logits.device:
-            raise ValueError(f"target is on {target.device}, expected {student_logits.device} "
-                             "(the device of student_logits)")
+        check_tensor("target", target, device=student_logits.device)
         _check_target(target, lead, n_classes, ignore_index)
+    if soft_weight != 0 and not torch.compiler.is_compiling():
+        # the kernels take soft_weight * T^2 in the logits' math type: it must not overflow there
+        opmath = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+        if temperature > math.sqrt(torch.finfo(opmath).max / abs(soft_weight)):
+            raise ValueError(f"temperature={temperature} is too large: soft_weight * temperature**2 overflows "
+                             f"{opmath}")
     kwargs = dict(temperature=float(temperature), soft_weight=float(soft_weight), hard_weight=float(hard_weight))
     chosen = _backends.resolve(backend, student_logits.device)
     if chosen == "reference":

@@ -8,31 +8,21 @@ dispatches to torch.ops.pyfastlab. lam outside [0, 1] is allowed (extrapolation,
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ..reference import mixup as reference
 from . import _backends
-from ._checks import check_choice, check_tensor, device_checks_enabled
+from ._checks import check_choice, check_float, check_index_range, check_tensor
 from ._mixup_registry import op_for
+from ._reduction import CODES as _REDUCTIONS
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
-
-def _check_partner(partner, n_rows: int, device, backend: str):
+def _check_partner(partner, n_rows: int, device):
     check_tensor("partner", partner, dtypes=(torch.int64,), dim=1, device=device)
     if partner.shape[0] != n_rows:
         raise ValueError(f"partner must be [B={n_rows}] (one partner row per row), got shape {tuple(partner.shape)}")
-    # CPU kernels raise themselves (naming the row); elsewhere a host check when asked for or cheap
-    if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
-        return
-    if backend != "cpu" and n_rows > 0 and (partner.device.type == "cpu" or device_checks_enabled()):
-        bad = (partner < 0) | (partner >= n_rows)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise IndexError(f"partner[{i}]={int(partner[i])} is out of range [0, {n_rows})")
+    check_index_range("partner", partner, 0, n_rows)
 
 
 def _split_lam(lam, n_rows: int, device):
@@ -50,10 +40,13 @@ def _split_lam(lam, n_rows: int, device):
 def pair_mix(x, partner, lam, *, backend="auto") -> Tensor:
     """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[partner[i]] for x [B, D], partner int64 [B] (may
     repeat) and lam a float, 0-dim or [B]; exactly x[i] where lam is 1 and x[partner[i]] where it is
-    0. Differentiable w.r.t. x and a tensor lam (gradient summed for a 0-dim lam)."""
+    0. Differentiable w.r.t. x and a tensor lam (gradient summed for a 0-dim lam).
+
+    An out-of-range partner raises ValueError for CPU tensors (and on a GPU under PYFASTLAB_CHECK=1);
+    otherwise the CUDA and Triton kernels never read it and give that row NaN."""
     check_tensor("x", x, floating=True, dim=2)
     chosen = _backends.resolve(backend, x.device)
-    _check_partner(partner, x.shape[0], x.device, chosen)
+    _check_partner(partner, x.shape[0], x.device)
     lam_t, lam_s = _split_lam(lam, x.shape[0], x.device)
     if chosen == "reference":
         return reference.pair_mix(x, partner, lam if lam_t is not None else lam_s)
@@ -63,23 +56,24 @@ def pair_mix(x, partner, lam, *, backend="auto") -> Tensor:
 def mixed_logits_cross_entropy(logits, partner, lam, target, *, reduction="mean", backend="auto") -> Tensor:
     """loss_i = CE(lam_i * logits[i] + (1 - lam_i) * logits[partner[i]], target[i]) without the
     mixed logits ever being stored; equals the classifier's CE on pair_mix(features) for a linear
-    head. The gradient w.r.t. logits accumulates both roles of each row (anchor and partner)."""
+    head. The gradient w.r.t. logits accumulates both roles of each row (anchor and partner).
+
+    An out-of-range partner or target raises ValueError for CPU tensors (and on a GPU under
+    PYFASTLAB_CHECK=1); otherwise the CUDA and Triton kernels never read it and give that row NaN."""
     check_tensor("logits", logits, floating=True, dim=2)
     if logits.shape[1] == 0:
         raise ValueError("logits must have at least one class (C = 0)")
     chosen = _backends.resolve(backend, logits.device)
-    _check_partner(partner, logits.shape[0], logits.device, chosen)
+    _check_partner(partner, logits.shape[0], logits.device)
     lam_t, lam_s = _split_lam(lam, logits.shape[0], logits.device)
     check_tensor("target", target, dtypes=(torch.int64,), dim=1, device=logits.device)
     if target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B={logits.shape[0]}], got shape {tuple(target.shape)}")
+    check_index_range("target", target, 0, logits.shape[1])
     check_choice("reduction", reduction, _REDUCTIONS)
     if chosen == "reference":
         return reference.mixed_logits_cross_entropy(logits, partner, lam if lam_t is not None else lam_s, target,
                                                     reduction)
-    if chosen != "cpu" and device_checks_enabled() and target.numel() > 0 and not torch.compiler.is_compiling():
-        if bool(((target < 0) | (target >= logits.shape[1])).any()):
-            raise IndexError(f"target has values outside [0, {logits.shape[1]})")
     loss, _ = op_for("mixed_logits_cross_entropy", chosen)(logits.contiguous(), partner, lam_t, lam_s, target,
                                                             _REDUCTIONS[reduction])
     return loss
@@ -91,11 +85,10 @@ def uniformity_loss(x, *, t=2.0, backend="auto") -> Tensor:
     Rows are used as given (alignment/uniformity metrics normalise first)."""
     check_tensor("x", x, floating=True, dim=2)
     if x.shape[0] < 2:
-        raise ValueError(f"uniformity_loss needs at least 2 rows, got N = {x.shape[0]}")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-        raise ValueError(f"t must be a finite float >= 0, got {t!r}")
+        raise ValueError(f"x must have at least 2 rows (uniformity_loss averages over pairs), got N = {x.shape[0]}")
+    t = check_float("t", t, minimum=0.0)
     chosen = _backends.resolve(backend, x.device)
     if chosen == "reference":
-        return reference.uniformity_loss(x, float(t))
-    loss, _ = op_for("uniformity_loss", chosen)(x.contiguous(), float(t))
+        return reference.uniformity_loss(x, t)
+    loss, _ = op_for("uniformity_loss", chosen)(x.contiguous(), t)
     return loss

@@ -23,9 +23,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _check(name: str, x, *, dim=None, min_dim=None, device=None, dtype=None) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if dim is not None and x.dim() != dim:
         raise ValueError(f"{name} must be {dim}-D, got shape {tuple(x.shape)}")
     if min_dim is not None and x.dim() < min_dim:
@@ -33,7 +33,7 @@ def _check(name: str, x, *, dim=None, min_dim=None, device=None, dtype=None) -> 
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device}, expected {device} (the device of the first argument)")
     if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{name} must have the dtype of the first argument ({dtype}), got {x.dtype}")
+        raise ValueError(f"{name} must have the dtype of the first argument ({dtype}), got {x.dtype}")
 
 
 def _check_square(name: str, x: Tensor) -> None:
@@ -45,20 +45,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _checks_on() -> bool:
-    return device_checks_enabled() and not torch.compiler.is_compiling()
+def _checks_on(x: Tensor) -> bool:
+    return device_checks_enabled() and not torch.compiler.is_compiling() and x.device.type != "meta"
 
 
 def _check_finite_input(name: str, x: Tensor) -> None:
     """PYFASTLAB_CHECK=1 only (host sync): raise on NaN/inf entries instead of returning NaN."""
-    if _checks_on() and x.numel() and not bool(torch.isfinite(x).all()):
+    if _checks_on(x) and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf entries (with PYFASTLAB_CHECK=0 the affected matrices "
                          f"give all-NaN outputs)")
 
 
 def _check_no_overflow(op: str, out: Tensor, what: str) -> None:
     """PYFASTLAB_CHECK=1 only: a finite input whose result is not finite overflowed its dtype."""
-    if _checks_on() and out.numel() and not bool(torch.isfinite(out).all()):
+    if _checks_on(out) and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError(f"{op}: the result overflows {out.dtype} ({what}); scale the input down or use float64")
 
 
@@ -70,8 +70,8 @@ def expm(a, *, backend="auto") -> Tensor:
     _check_square("a", a)
     _check_finite_input("a", a)
     chosen = _backends.resolve(backend, a.device)
-    if chosen == "reference":
-        return reference.expm(a)
+    if chosen == "reference":  # half types in float32, as the kernels (matrix_exp is wrong in half)
+        return reference.expm(a.to(_compute_dtype(a.dtype))).to(a.dtype)
     x = a.to(_compute_dtype(a.dtype))
     out = op_for("expm_forward", chosen)(x.contiguous())
     _check_no_overflow("expm", out, "||a||_1 too large for the exponential")
@@ -87,7 +87,7 @@ def symmetric_expm(w, *, backend="auto") -> Tensor:
     _check_finite_input("w", w)
     chosen = _backends.resolve(backend, w.device)
     if chosen == "reference":
-        return reference.symmetric_expm(w)
+        return reference.symmetric_expm(w.to(_compute_dtype(w.dtype))).to(w.dtype)
     x = w.to(_compute_dtype(w.dtype))
     out = op_for("symmetric_expm_forward", chosen)(x.contiguous())[0]
     _check_no_overflow("symmetric_expm", out, "an eigenvalue of sym(w) is too large")
@@ -104,11 +104,12 @@ def ipe_transform(z, w, *, backend="auto") -> tuple[Tensor, Tensor]:
     if z.shape[1] != w.shape[-1]:
         raise ValueError(f"z must be [B, n] with n = {w.shape[-1]} (the size of w's matrices), got shape "
                          f"{tuple(z.shape)}")
+    _check_finite_input("z", z)
     _check_finite_input("w", w)
     chosen = _backends.resolve(backend, z.device)
-    if chosen == "reference":
-        return reference.ipe_transform(z, w)
     dtype = _compute_dtype(z.dtype)
+    if chosen == "reference":
+        return tuple(t.to(z.dtype) for t in reference.ipe_transform(z.to(dtype), w.to(dtype)))
     z_hat, logdet = op_for("ipe_transform_forward", chosen)(z.to(dtype).contiguous(), w.to(dtype).contiguous())[:2]
     _check_no_overflow("ipe_transform", z_hat, "an eigenvalue of sym(w) is too large")
     return z_hat.to(z.dtype), logdet.to(z.dtype)
@@ -130,13 +131,15 @@ def composite_symmetry(codebook, weights, z1, z2, *, backend="auto") -> tuple[Te
         if tuple(z.shape) != (P, n):
             raise ValueError(f"{name} must be [P, n] = [{P}, {n}] (P from weights, n from codebook), got shape "
                              f"{tuple(z.shape)}")
-    _check_finite_input("codebook", codebook)
-    _check_finite_input("weights", weights)
+    for name, t in (("codebook", codebook), ("weights", weights), ("z1", z1), ("z2", z2)):
+        _check_finite_input(name, t)
     chosen = _backends.resolve(backend, codebook.device)
-    if chosen == "reference":
-        return reference.composite_symmetry(codebook, weights, z1, z2)
     dtype = _compute_dtype(codebook.dtype)
-    inputs = [t.to(dtype).contiguous() for t in (codebook, weights, z1, z2)]
-    y1, y2 = op_for("composite_symmetry_forward", chosen)(*inputs)[:2]
-    _check_no_overflow("composite_symmetry", torch.stack([y1, y2]), "||A_p||_1 too large for the exponential")
+    inputs = [t.to(dtype) for t in (codebook, weights, z1, z2)]
+    if chosen == "reference":
+        return tuple(t.to(codebook.dtype) for t in reference.composite_symmetry(*inputs))
+    y1, y2 = op_for("composite_symmetry_forward", chosen)(*[t.contiguous() for t in inputs])[:2]
+    _check_no_overflow("composite_symmetry", torch.stack([y1, y2]),
+                       "||A_p||_1 too large for the exponential, A_p = weights @ codebook: scale codebook or weights "
+                       "down")
     return y1.to(codebook.dtype), y2.to(codebook.dtype)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..reference import vidvrd_ops as reference
 from . import _backends
-from ._checks import check_finite, check_tensor
+from ._checks import check_float, check_int, check_tensor
 from ._vidvrd_registry import op_for
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -32,11 +32,11 @@ def pairwise_mlp_scores(a, b, w, bias=0.0, *, backend="auto") -> Tensor:
         raise ValueError(f"b must have the hidden size H = {a.shape[2]} of a, got shape {tuple(b.shape)}")
     if w.shape[0] != a.shape[2]:
         raise ValueError(f"w must be [H = {a.shape[2]}], got shape {tuple(w.shape)}")
-    check_finite("bias", bias)
+    bias = check_float("bias", bias)
     chosen = _backends.resolve(backend, a.device)
     if chosen == "reference":
-        return reference.pairwise_mlp_scores(a, b, w, float(bias))
-    return op_for("pairwise_mlp_scores_forward", chosen)(a, b, w, float(bias))
+        return reference.pairwise_mlp_scores(a, b, w, bias)
+    return op_for("pairwise_mlp_scores_forward", chosen)(a, b, w, bias)
 
 
 def _check_spans(name, x, device=None):
@@ -71,6 +71,9 @@ def span_nms(spans, scores, iou_threshold, *, groups=None, max_keep=-1, backend=
     span of its group has IoU > iou_threshold with it, or when max_keep > 0 spans of its group are
     already kept."""
     _check_spans("spans", spans)
+    if spans.device.type == "meta":
+        raise ValueError("spans is on the meta device: span_nms keeps a data-dependent number of spans, which a "
+                         "meta tensor cannot say")
     n = spans.shape[0]
     check_tensor("scores", scores, dtypes=_FLOATS, dim=1, device=spans.device)
     if scores.shape[0] != n:
@@ -79,13 +82,10 @@ def span_nms(spans, scores, iou_threshold, *, groups=None, max_keep=-1, backend=
         check_tensor("groups", groups, dtypes=(torch.int64,), dim=1, device=spans.device)
         if groups.shape[0] != n:
             raise ValueError(f"groups must be [M = {n}] (one per span), got shape {tuple(groups.shape)}")
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
-        raise ValueError(f"iou_threshold must be a float, got {type(iou_threshold).__name__}")
-    check_finite("iou_threshold", iou_threshold)
-    if isinstance(max_keep, bool) or not isinstance(max_keep, int):
-        raise ValueError(f"max_keep must be an int, got {type(max_keep).__name__}")
+    iou_threshold = check_float("iou_threshold", iou_threshold)
+    max_keep = check_int("max_keep", max_keep)
     chosen = _backends.resolve(backend, spans.device)
     if chosen == "reference":
-        return reference.span_nms(spans, scores, float(iou_threshold), groups=groups, max_keep=max_keep)
-    return op_for("span_nms", chosen)(_nms_spans(spans), scores.detach(), float(iou_threshold),
-                                      None if groups is None else groups.detach(), int(max_keep))
+        return reference.span_nms(spans, scores, iou_threshold, groups=groups, max_keep=max_keep)
+    return op_for("span_nms", chosen)(_nms_spans(spans), scores.detach(), iou_threshold,
+                                      None if groups is None else groups.detach(), max_keep)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..reference import vidvrd_viou as reference
 from . import _backends
-from ._checks import check_tensor
+from ._checks import check_bool, check_tensor
 from ._viou_registry import op_for
 
 _BOX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
@@ -45,7 +45,7 @@ def trajectory_viou(boxes_a, span_a, boxes_b, span_b, *, pixel_inclusive=True, b
     if boxes_b.shape[1] != boxes_a.shape[1]:
         raise ValueError(f"boxes_b has T = {boxes_b.shape[1]} frames but boxes_a has T = {boxes_a.shape[1]} "
                          "(both must be on one shared timeline)")
-    pixel_inclusive = bool(pixel_inclusive)
+    check_bool("pixel_inclusive", pixel_inclusive)
     chosen = _backends.resolve(backend, device)
     if chosen == "reference":
         return reference.trajectory_viou(boxes_a, span_a, boxes_b, span_b, pixel_inclusive=pixel_inclusive)

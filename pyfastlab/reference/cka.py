@@ -11,8 +11,10 @@ from torch import Tensor
 
 
 def centred_gram(x: Tensor) -> Tensor:
-    """Kc = Xc Xc^T over the last two dims, features centred before the product."""
-    xc = x - x.mean(dim=-2, keepdim=True)
+    """Kc = Xc Xc^T over the last two dims, features centred before the product (shifted by the first
+    row first, so that a constant column is exactly 0 whatever its magnitude)."""
+    shifted = x - x[..., :1, :]
+    xc = shifted - shifted.mean(dim=-2, keepdim=True)
     return xc @ xc.transpose(-1, -2)
 
 

@@ -69,9 +69,10 @@ def masked_cross_entropy(logits, target, active=None, row_group=None, *, mode="c
     v_safe = torch.where(counted[:, None], v, torch.zeros_like(v))
     # Max-subtracted by hand, not torch.logsumexp: that returns +inf for a +inf entry, where the
     # spec (and F.cross_entropy) make the row NaN, loss and gradient.
+    # (max - v_y) + log sum: max + log sum - v_y would round the log away once |max| >> log sum.
     row_max = v_safe.detach().amax(dim=1, keepdim=True)
-    lse = row_max.squeeze(1) + torch.log(torch.exp(v_safe - row_max).sum(dim=1))
-    row_loss = lse - v_safe.gather(1, safe_target[:, None]).squeeze(1)
+    log_sum = torch.log(torch.exp(v_safe - row_max).sum(dim=1))
+    row_loss = (row_max.squeeze(1) - v_safe.gather(1, safe_target[:, None]).squeeze(1)) + log_sum
     if weight is not None:
         row_loss = weight * row_loss
     out = torch.where(counted, row_loss, torch.zeros_like(row_loss))

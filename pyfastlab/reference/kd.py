@@ -50,7 +50,7 @@ def kd_loss(student_logits, teacher_logits, target=None, *, temperature=4.0, sof
     if soft_weight != 0:
         row = row + soft_weight * temperature**2 * _kl_rows(s_safe, t_safe, temperature)
     if hard_weight != 0:
-        row = row + hard_weight * (torch.logsumexp(s_safe, 1) - s_safe.gather(1, y[:, None]).squeeze(1))
+        row = row - hard_weight * torch.log_softmax(s_safe, 1).gather(1, y[:, None]).squeeze(1)
     row = torch.where(live, row, torch.zeros_like(row))
     if reduction == "none":
         return row.reshape(lead)

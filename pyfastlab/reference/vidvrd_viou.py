@@ -1,8 +1,12 @@
 """Pure-PyTorch reference of trajectory_viou, written from vidvrd.md section 3.4: the oracle of the
-tests (float64) and the eager baseline of the benchmarks (vectorised over [p, Q, T], chunked over p).
+tests (float64) and the eager baseline of the benchmarks (vectorised over [T, p, Q], chunked over p).
 
 Frames outside a span are selected away with where(), never multiplied by a 0/1 mask, so NaN or inf
-boxes outside a span never reach a sum.
+boxes outside a span never reach a sum. Sums over frames run in frame order (a cumulative sum along
+the frames, its last entry; adding the 0 of a frame outside a span changes nothing): the compiled
+kernels' and the VidVRD helper's loop order, so a vIoU of exactly 0.5 stays 0.5 (a tree-ordered
+.sum() can round it below). Frames are the leading dim of the summed tensors: torch's CUDA cumsum
+scans a leading dim sequentially too (given more than one column).
 """
 from __future__ import annotations
 
@@ -21,10 +25,18 @@ def _in_span(begin, end, n_frames, device):
     return (t >= begin[:, None]) & (t < end[:, None])
 
 
+def _frame_order_sum(x):
+    """Sum over dim 0 (frames) in frame order: ((x[0] + x[1]) + x[2]) + ..."""
+    if x.shape[0] == 0:
+        return x.sum(0)
+    return x.cumsum(0)[-1]
+
+
 def _volumes(boxes, begin, end, delta):
+    boxes = boxes.transpose(0, 1)  # [T, n, 4]: frames first
     area = (boxes[..., 2] - boxes[..., 0] + delta) * (boxes[..., 3] - boxes[..., 1] + delta)
-    inside = _in_span(begin, end, boxes.shape[1], boxes.device)
-    return torch.where(inside, area, torch.zeros((), dtype=area.dtype, device=area.device)).sum(1)
+    inside = _in_span(begin, end, boxes.shape[0], boxes.device).T
+    return _frame_order_sum(torch.where(inside, area, torch.zeros((), dtype=area.dtype, device=area.device)))
 
 
 def trajectory_viou(boxes_a, span_a, boxes_b, span_b, *, pixel_inclusive=True, chunk=64):
@@ -36,17 +48,16 @@ def trajectory_viou(boxes_a, span_a, boxes_b, span_b, *, pixel_inclusive=True, c
     a0, a1 = clamp_spans(span_a, n_frames)
     b0, b1 = clamp_spans(span_b, n_frames)
     vol_a, vol_b = _volumes(a, a0, a1, delta), _volumes(b, b0, b1, delta)
-    in_b = _in_span(b0, b1, n_frames, a.device)
+    bt = b.transpose(0, 1)[:, None]                                    # [T, 1, Q, 4]
+    in_b = _in_span(b0, b1, n_frames, a.device).T[:, None]             # [T, 1, Q]
     zero = torch.zeros((), dtype=torch.float64, device=a.device)
     rows = []
-    for p in range(0, a.shape[0], chunk):  # chunks of p bound the [p, Q, T] temporaries
-        ac = a[p:p + chunk, None]
-        w = torch.clamp(torch.minimum(ac[..., 2], b[None, ..., 2]) - torch.maximum(ac[..., 0], b[None, ..., 0])
-                        + delta, min=0)
-        h = torch.clamp(torch.minimum(ac[..., 3], b[None, ..., 3]) - torch.maximum(ac[..., 1], b[None, ..., 1])
-                        + delta, min=0)
-        both = _in_span(a0[p:p + chunk], a1[p:p + chunk], n_frames, a.device)[:, None] & in_b[None]
-        inter = torch.where(both, w * h, zero).sum(2)
+    for p in range(0, a.shape[0], chunk):  # chunks of p bound the [T, p, Q] temporaries
+        ac = a[p:p + chunk].transpose(0, 1)[:, :, None]                # [T, p, 1, 4]
+        w = torch.clamp(torch.minimum(ac[..., 2], bt[..., 2]) - torch.maximum(ac[..., 0], bt[..., 0]) + delta, min=0)
+        h = torch.clamp(torch.minimum(ac[..., 3], bt[..., 3]) - torch.maximum(ac[..., 1], bt[..., 1]) + delta, min=0)
+        both = _in_span(a0[p:p + chunk], a1[p:p + chunk], n_frames, a.device).T[:, :, None] & in_b
+        inter = _frame_order_sum(torch.where(both, w * h, zero))
         union = (vol_a[p:p + chunk, None] + vol_b[None]) - inter
         rows.append(torch.where(union > 0, inter / union, torch.where(union.isnan(), union, zero)))
     if not rows:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import sys
 from collections import defaultdict
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..ops._checks import check_float
 
 _EPS32 = np.finfo(np.float32).eps
 _PROGRESS_MIN_VIDEOS = 50  # below this, a progress bar is noise
@@ -44,9 +46,56 @@ def _validated(vid, relations, what, need_score):
             if len(r[field]) != end - begin:
                 raise ValueError(f"{where}: '{field}' has {len(r[field])} boxes but 'duration' [{begin}, {end}) "
                                  f"covers {end - begin} frames")
-        if need_score and not math.isfinite(float(r["score"])):
-            raise ValueError(f"{where}: 'score' must be finite, got {r['score']!r}")
+        if need_score:
+            _check_score(r["score"], where)
     return relations
+
+
+def _check_score(score, where):
+    """A real number: a str such as "0.9" would sort as text, None or a mix would not sort at all."""
+    if isinstance(score, bool) or not isinstance(score, numbers.Real):
+        raise ValueError(f"{where}: 'score' must be a real number (int or float), got {score!r} "
+                         f"({type(score).__name__})")
+    try:
+        finite = math.isfinite(score)
+    except OverflowError:  # an int beyond the float range
+        finite = False
+    if not finite:
+        raise ValueError(f"{where}: 'score' must be finite, got {score!r}")
+
+
+def _results(prediction):
+    """{video_id: relations} from either form of a prediction: the bare mapping, or the helper's
+    prediction file {"version": ..., "results": {video_id: relations}, ...} ("version" optional)."""
+    if not isinstance(prediction, dict):
+        raise ValueError(f"prediction must be a dict video_id -> relations, got {type(prediction).__name__}")
+    results = prediction.get("results")
+    if isinstance(results, dict) or "version" in prediction:
+        if not isinstance(results, dict):
+            raise ValueError(f"prediction has 'version', so it is a prediction file: its 'results' must be a dict "
+                             f"video_id -> relations, got {type(results).__name__}")
+        prediction = results
+    for vid, relations in prediction.items():
+        if not isinstance(relations, (list, tuple)):
+            raise ValueError(f"prediction video {vid}: expected a list of relations, got {type(relations).__name__} "
+                             f"(a prediction is {{video_id: [relations]}} or {{'version': ..., 'results': "
+                             f"{{video_id: [relations]}}}})")
+    return prediction
+
+
+def _nreturns(name, values):
+    """A tuple of distinct positive ints; a bare int k is (k,)."""
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        ks = tuple(values)
+    except TypeError:
+        ks = None
+    if ks is None or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > 0 for k in ks):
+        raise ValueError(f"{name} must be a positive int or a tuple of positive ints, got {values!r}")
+    if len(set(ks)) != len(ks):  # a repeated K would count its hits twice
+        raise ValueError(f"{name} must not repeat a value, got {values!r}")
+    return tuple(int(k) for k in ks)
 
 
 def _tracks(relations, field, origin, length, where):
@@ -214,24 +263,20 @@ def evaluate(groundtruth, prediction, *, viou_threshold=0.5, det_nreturns=(50, 1
     have relations, relation tagging Precision@K.
 
     groundtruth: {video_id: [{"triplet", "duration", "sub_traj", "obj_traj"}]}; prediction: the same
-    plus "score" (the "results" mapping; a full prediction JSON with "version" and "results" is
-    unwrapped). tagging="padded" is VidVRD-II's hits / K. progress: show a rich bar (None: on large
+    plus a real "score" (the "results" mapping; a full prediction JSON {"version": ..., "results": ...}
+    is unwrapped, with or without "version"). det_nreturns, tag_nreturns: distinct positive ints, or
+    one int. tagging="padded" is VidVRD-II's hits / K. progress: show a rich bar (None: on large
     inputs in a terminal).
     """
     if not isinstance(groundtruth, dict):
         raise ValueError(f"groundtruth must be a dict video_id -> relations, got {type(groundtruth).__name__}")
-    if not isinstance(prediction, dict):
-        raise ValueError(f"prediction must be a dict video_id -> relations, got {type(prediction).__name__}")
-    if "results" in prediction and "version" in prediction:
-        prediction = prediction["results"]
-    threshold = float(viou_threshold)
+    prediction = _results(prediction)
+    threshold = check_float("viou_threshold", viou_threshold)
     if not 0 <= threshold <= 1:
         raise ValueError(f"viou_threshold must be in [0, 1], got {viou_threshold}")
     if tagging not in ("helper", "padded"):
         raise ValueError(f"tagging must be 'helper' or 'padded', got {tagging!r}")
-    for name, values in (("det_nreturns", det_nreturns), ("tag_nreturns", tag_nreturns)):
-        if not all(isinstance(k, int) and k > 0 for k in values):
-            raise ValueError(f"{name} must hold positive ints, got {values!r}")
+    det_nreturns, tag_nreturns = _nreturns("det_nreturns", det_nreturns), _nreturns("tag_nreturns", tag_nreturns)
     videos = [vid for vid, rels in groundtruth.items() if len(_validated(vid, rels, "groundtruth", False)) > 0]
     if not videos:
         raise ValueError("groundtruth has no relation in any video: the metrics are undefined")

@@ -19,7 +19,7 @@ def data(n=64, seed=1, device="cpu"):
     return torch.rand(n, 8, generator=gen).to(device), torch.randint(3, (n,), generator=gen).to(device)
 
 
-@pytest.mark.parametrize("device", devices(), ids=lambda d: d.type)
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("random_start", [False, True])
 def test_pgd_stays_in_the_ball_and_box_and_raises_the_loss(device, random_start):
     model = fixed_model().to(device)

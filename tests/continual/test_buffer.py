@@ -150,7 +150,7 @@ def test_bad_construction_is_named(kwargs, match):
         ReplayBuffer(**kwargs)
 
 
-@pytest.mark.parametrize("device", devices(), ids=lambda d: d.type)
+@pytest.mark.parametrize("device", devices())
 def test_storage_lives_on_the_buffer_device(device):
     buffer = ReplayBuffer(4, device=device, generator=torch.Generator().manual_seed(5))
     buffer.add(torch.randn(6, 3, device=device), torch.arange(6, device=device), logits=torch.randn(6, 2))
@@ -172,3 +172,87 @@ def test_add_and_sample_never_sync():
             buffer.sample(8)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def filled_buffer(**kwargs):
+    buffer = ReplayBuffer(6, generator=torch.Generator().manual_seed(7), **kwargs)
+    buffer.add(torch.randn(4, 2), torch.arange(4), logits=torch.randn(4, 3))
+    return buffer
+
+
+def edited(state, **changes):
+    state = dict(state, fields=dict(state["fields"]))
+    for key, value in changes.items():
+        if key.startswith("fields_"):
+            state["fields"][key[len("fields_"):]] = value
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: edited(s, fields_x=s["fields"]["x"][:3]), r"'x'\] has 3 samples, expected 4"),
+    (lambda s: edited(s, fields_y=torch.arange(3)), r"'y'\] has 3 samples"),
+    (lambda s: edited(s, fields={}), r"state\['fields'\] must hold \['x', 'y'\]"),
+    (lambda s: edited(s, fields_x=torch.empty(0, 2)), r"'x'\] has 0 samples"),
+    (lambda s: edited(s, fields_y=s["fields"]["y"].float()), r"'y'\] must have dtype int64, int32"),
+    (lambda s: edited(s, fields_logits=s["fields"]["logits"].long()), r"'logits'\] must be a floating"),
+    (lambda s: edited(s, fields_z=torch.zeros(4)), "unknown keys"),
+    (lambda s: edited(s, n_seen=-1), r"n_seen'\] must be an int >= 0"),
+    (lambda s: edited(s, n_seen=2.0), r"n_seen'\] must be an int"),
+    (lambda s: edited(s, n_seen=3), r"has 4 samples, expected 3"),  # fewer seen than stored
+    (lambda s: {k: v for k, v in s.items() if k != "generator"}, r"missing \['generator'\]"),
+    (lambda s: edited(s, extra=1), r"unknown \['extra'\]"),
+    (lambda s: edited(s, generator=torch.zeros(3, dtype=torch.uint8)), r"state\['generator'\] is not a valid"),
+    (lambda s: edited(s, sample_generator=[1, 2]), r"state\['sample_generator'\] must be a uint8 tensor"),
+])
+def test_load_state_dict_validates_everything_before_changing_the_buffer(change, match):
+    source = filled_buffer()
+    target = ReplayBuffer(6, generator=torch.Generator().manual_seed(8))
+    target.add(torch.randn(2, 2), torch.tensor([5, 6]), logits=torch.randn(2, 3))
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(change(source.state_dict()))
+    after = target.state_dict()  # untouched: not half-loaded
+    assert after["n_seen"] == 2 and torch.equal(after["generator"], before["generator"])
+    for k in ("x", "y", "logits"):
+        assert torch.equal(after["fields"][k], before["fields"][k])
+
+
+def test_task_balanced_state_needs_task_ids_and_at_most_capacity_seen():
+    buffer = ReplayBuffer(4, policy="task_balanced", generator=torch.Generator().manual_seed(9))
+    buffer.end_task(torch.randn(5, 2), torch.arange(5), 0)
+    state = buffer.state_dict()
+    with pytest.raises(ValueError, match="task_ids"):
+        ReplayBuffer(4, policy="task_balanced").load_state_dict(edited(state, fields={
+            k: v for k, v in state["fields"].items() if k != "task_ids"}))
+    with pytest.raises(ValueError, match="at most capacity=4"):
+        ReplayBuffer(4, policy="task_balanced").load_state_dict(edited(state, n_seen=9))
+    copy = ReplayBuffer(4, policy="task_balanced")
+    copy.load_state_dict(state)
+    assert torch.equal(copy.data().task_ids, buffer.data().task_ids)
+
+
+def test_state_dict_and_load_state_dict_copy_the_tensors():
+    buffer = filled_buffer()
+    state = buffer.state_dict()
+    state["fields"]["x"].zero_()  # the caller's dict is not the buffer's storage
+    assert not torch.equal(buffer.data().x, torch.zeros(4, 2))
+    copy = ReplayBuffer(6)
+    state = buffer.state_dict()
+    copy.load_state_dict(state)
+    state["fields"]["x"].add_(1.0)
+    state["fields"]["y"].zero_()
+    assert torch.equal(copy.data().x, buffer.data().x) and torch.equal(copy.data().y, buffer.data().y)
+    empty = ReplayBuffer(6)
+    empty.load_state_dict(ReplayBuffer(6).state_dict())  # an empty buffer's state loads
+    assert empty.size == 0
+
+
+def test_load_state_dict_stores_labels_as_int64_and_logits_as_float32():
+    state = filled_buffer().state_dict()
+    fields = dict(state["fields"], y=state["fields"]["y"].int(), logits=state["fields"]["logits"].double())
+    copy = ReplayBuffer(6)
+    copy.load_state_dict(dict(state, fields=fields))
+    assert copy.data().y.dtype == torch.int64 and copy.data().logits.dtype == torch.float32
+    copy.add(torch.randn(1, 2), torch.tensor([1]), logits=torch.randn(1, 3))

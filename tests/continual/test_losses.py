@@ -64,6 +64,53 @@ def test_er_ace_masks_stream_rows_to_present_and_unseen_classes_from_the_second_
     torch.testing.assert_close(loss, expected / (2 if average else 1))
 
 
+def mammoth_step(logits, labels, seen_so_far, task, buffer_logits, buffer_labels):
+    """Our restatement of aimagelab/mammoth models/er_ace.py observe(): (loss, seen_so_far). The
+    labels seen so far grow by the batch's; the batch's classes and every class from the largest
+    seen label on (itself included) stay open; masking (fill -1e9) and replay from the second task."""
+    seen_so_far = torch.cat([seen_so_far, labels]).unique()
+    keep = torch.zeros(C, dtype=torch.bool)
+    keep[labels] = True
+    keep[int(seen_so_far.max()):] = True
+    if task == 0:
+        return F.cross_entropy(logits, labels), seen_so_far
+    masked_ce = F.cross_entropy(logits.masked_fill(~keep, -1e9), labels)
+    return masked_ce + F.cross_entropy(buffer_logits, buffer_labels), seen_so_far
+
+
+def test_er_ace_mammoth_rule_matches_a_restatement_of_mammoth_over_a_stream():
+    loss_fn = ERACELoss(num_classes=C, mask_rule="mammoth", mask_value=-1e9)  # begin_task needs no classes
+    paper = ERACELoss(num_classes=C, classes_per_task=2)
+    seen_so_far = torch.zeros(0, dtype=torch.long)
+    # (task, stream labels, classes "paper" keeps). The rules differ where the largest seen label is
+    # absent from the batch (3 at step 4) and where a current-task class is still unseen (3, then 5).
+    stream = [(0, [0, 1, 1], None), (0, [0, 0, 1], None), (1, [2, 2, 2], (2, 4, 5)), (1, [3, 2, 3], (2, 3, 4, 5)),
+              (1, [2, 2], (2, 4, 5)), (2, [4, 4, 4], (4,)), (2, [5, 4], (4, 5))]
+    differs = 0
+    for step, (task, labels, paper_keeps) in enumerate(stream):
+        if step == 0 or task != stream[step - 1][0]:
+            loss_fn.begin_task(task)
+            paper.begin_task(task)
+        zs, _ = batch(len(labels), 20 + step)
+        zb, yb = batch(3, 40 + step, classes=range(2 * task or 2))
+        ys = torch.tensor(labels)
+        expected, seen_so_far = mammoth_step(zs, ys, seen_so_far, task, zb, yb)
+        got = loss_fn(zs, ys, zb, yb) if task else loss_fn(zs, ys)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(torch.autograd.grad(got, zs), torch.autograd.grad(expected, zs))
+        if task:
+            paper_loss = paper(zs, ys, zb, yb)
+            paper_expected = F.cross_entropy(masked(zs, paper_keeps), ys) + F.cross_entropy(zb, yb)
+            torch.testing.assert_close(paper_loss, paper_expected)
+            differs += not torch.allclose(paper_loss, got)
+    assert differs == 3  # steps 2, 4 and 5
+    assert loss_fn.gms.labels_seen.tolist() == [True] * C and "labels_seen" not in paper.state_dict()
+    with pytest.raises(ValueError, match="mask_rule"):
+        ERACELoss(num_classes=C, mask_rule="avalanche")
+    with pytest.raises(ValueError, match="ace_include_unseen=True"):
+        ERACELoss(num_classes=C, mask_rule="mammoth", ace_include_unseen=False)
+
+
 def test_der_adds_alpha_times_logit_mse_with_its_gradient():
     zs, ys = batch(4, 6)
     zb, _ = batch(3, 7)

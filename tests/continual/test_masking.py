@@ -150,8 +150,23 @@ def test_no_host_sync_per_step(policy, monkeypatch):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("device", devices(), ids=lambda d: d.type)
+@pytest.mark.parametrize("device", devices())
 def test_module_moves_its_masks_to_the_logits(device):
     m = started(gms("current_task"), 1)
     loss = m(torch.randn(2, 6, device=device), torch.tensor([0, 1], device=device))
     assert m.current.device.type == device.type and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 7])
+def test_own_task_rejects_task_ids_outside_the_configured_tasks(bad):
+    m = started(gms("own_task"), 1)  # classes_per_task=2 over 6 classes: tasks 0, 1, 2
+    logits, target = torch.randn(3, 6), torch.tensor([0, 2, 4])
+    task_ids = torch.tensor([0, bad, 2])
+    for kwargs in ({}, dict(is_replay=torch.tensor([F_, F_, T])), dict(is_replay=torch.tensor([F_, T, F_]))):
+        with pytest.raises(ValueError, match=rf"task_ids\[1\] = {bad} is out of range: expected \[0, 3\)"):
+            m.mask_for(logits, target, task_ids=task_ids, **kwargs)
+        with pytest.raises(ValueError, match=r"task_ids\[1\] = -?\d+ is out of range: expected \[0, 3\)"):
+            m(logits, target, task_ids=task_ids, **kwargs)
+    # valid ids: replayed rows still take the all-active group
+    _, groups = m.mask_for(logits, target, task_ids=torch.tensor([0, 1, 2]), is_replay=torch.tensor([F_, T, F_]))
+    assert groups.tolist() == [0, -1, 2]

@@ -118,3 +118,30 @@ def test_bad_input():
         kmeans(x, 3, init_size=2)
     with pytest.raises(ValueError, match="n_iter"):
         kmeans(x, 2, n_iter=-1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_data_is_rejected_naming_the_row(bad):
+    x, _ = blobs(n_per=10, k=2)
+    x[13, 2] = bad
+    with pytest.raises(ValueError, match="data has a non-finite value .* in row 13"):
+        kmeans(x, 2)
+    with pytest.raises(ValueError, match="data batch 1 has a non-finite value .* in row 3"):
+        kmeans(stream(x, 10), 2)
+    with pytest.raises(ValueError, match="init has a non-finite value .* in row 1"):
+        kmeans(blobs(n_per=10, k=2)[0], 2, init=torch.tensor([[0.0] * 6, [bad] + [0.0] * 5]))
+
+
+def test_a_stream_that_turns_non_finite_on_a_later_pass_is_caught():
+    x, _ = blobs(n_per=10, k=2)
+    passes = []
+
+    def data():
+        passes.append(None)
+        batch = x.clone()
+        if len(passes) == 3:  # the second Lloyd pass reads a NaN
+            batch[5, 0] = float("nan")
+        return iter(batch.split(7))
+
+    with pytest.raises(ValueError, match="data batch 0 has a non-finite value .* in row 5"):
+        kmeans(data, 2, n_iter=3)

@@ -110,3 +110,48 @@ def test_bad_input():
         metric.update([], ys)
     with pytest.raises(ValueError, match="floating"):
         metric.update([torch.ones(16, 2, dtype=torch.long)], ys)
+
+
+def test_state_dict_is_a_copy_both_ways():
+    xs, ys = layers(32, (3,), 11), layers(32, (4, 2), 12)
+    metric = MinibatchCKA()
+    metric.update(xs, ys)
+    state = metric.state_dict()
+    saved = {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    metric.update(xs, ys)  # a later update must not change the saved state
+    for k, v in saved.items():
+        assert torch.equal(state[k], v), k
+    copy = MinibatchCKA()
+    copy.load_state_dict(state)
+    expected = copy.compute()
+    state["hsic_xy"].zero_()  # nor may the caller's dict alias the loaded accumulators
+    assert torch.equal(copy.compute(), expected)
+    copy.update(xs, ys)
+    assert torch.equal(state["hsic_xx"], saved["hsic_xx"])
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: {k: v for k, v in s.items() if k != "hsic_yy"}, r"missing \['hsic_yy'\]"),
+    (lambda s: dict(s, extra=0), r"unknown \['extra'\]"),
+    (lambda s: dict(s, hsic_xy=s["hsic_xy"][:, :1]), r"state\['hsic_xy'\] must be \[L, M\]"),
+    (lambda s: dict(s, hsic_xx=s["hsic_xx"][None]), r"state\['hsic_xx'\] must be 1-D"),
+    (lambda s: dict(s, hsic_yy=None), r"state\['hsic_yy'\] must be a torch.Tensor"),
+    (lambda s: dict(s, hsic_xy=s["hsic_xy"].long()), r"state\['hsic_xy'\] must be a floating"),
+    (lambda s: dict(s, num_batches=-1), r"state\['num_batches'\] must be an int >= 0"),
+    (lambda s: dict(s, num_skipped=1.5), r"state\['num_skipped'\] must be an int"),
+    (lambda s: dict(s, num_batches=0), r"num_batches'\] must be >= 1"),
+    (lambda s: dict(s, hsic_xy=None, hsic_xx=None, hsic_yy=None), r"num_batches'\] = 1 but"),
+    (lambda s: dict(s, debiased="yes"), r"state\['debiased'\] must be a bool"),
+])
+def test_load_state_dict_rejects_a_bad_state_and_changes_nothing(change, match):
+    xs, ys = layers(32, (3, 5), 13), layers(32, (4, 2), 14)
+    source, target = MinibatchCKA(), MinibatchCKA()
+    source.update(xs, ys)
+    target.update(xs[:1], ys[:1])
+    before = target.compute()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(change(source.state_dict()))
+    assert torch.equal(target.compute(), before) and target.num_batches == 1
+    empty = MinibatchCKA()
+    empty.load_state_dict(MinibatchCKA().state_dict())  # a fresh state loads
+    assert empty.num_batches == 0

@@ -39,8 +39,6 @@ def grads(fn, inputs, upstream):
 @pytest.mark.parametrize("n", [1, 3, 10, 64])
 @pytest.mark.parametrize("c", [0.1, 1.0, 3.0])
 def test_expm_matches_float64_reference(backend, device, n, c):
-    if backend == "triton" and n == 64 and c != 3.0:
-        pytest.skip("interpreter time: one n = 64 case")
     gen = generator(100 + n)
     a = randm((3, n, n), c, gen)
     want = torch.linalg.matrix_exp(a)
@@ -183,9 +181,9 @@ def test_expm_bad_input():
         ops.expm(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="at least 2"):
         ops.expm(torch.zeros(3))
-    with pytest.raises(TypeError, match="a must be float"):
+    with pytest.raises(ValueError, match="a must be float"):
         ops.expm(torch.zeros(3, 3, dtype=torch.int64))
-    with pytest.raises(TypeError, match="a must be a torch.Tensor"):
+    with pytest.raises(ValueError, match="a must be a torch.Tensor"):
         ops.expm([[0.0]])
     with pytest.raises(ValueError, match="backend"):
         ops.expm(torch.zeros(3, 3), backend="gpu")
@@ -344,7 +342,7 @@ def test_ipe_transform_bad_input():
         ops.ipe_transform(z, torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="w must be square"):
         ops.ipe_transform(z, torch.zeros(2, 2, 3, 4))
-    with pytest.raises(TypeError, match="w must have the dtype"):
+    with pytest.raises(ValueError, match="w must have the dtype"):
         ops.ipe_transform(z, w.double())
 
 

@@ -1,6 +1,7 @@
 """trajectory_viou: every backend against the float64 reference and the helper's per-frame loop, the
 identities of vidvrd.md section 5, edge cases and bad input."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -81,6 +82,63 @@ def test_sizes_past_tiles(backend, device, shape):
     a, sa = random_tracks(P, T, gen, dtype=torch.float64, device=device)
     b, sb = random_tracks(Q, T, gen, dtype=torch.float64, device=device)
     assert_close(viou(backend, a, sa, b, sb).cpu(), ref.trajectory_viou(a, sa, b, sb).cpu(), torch.float64)
+
+
+@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize("pixel_inclusive", [True, False])
+def test_reference_equals_helper_loop_and_cpu_op_bit_for_bit(integer, pixel_inclusive):
+    """The reference sums frames in frame order too: the same bits as the loop and the C++ kernel."""
+    gen = generator(12)
+    a, sa = random_tracks(13, 70, gen, dtype=torch.float64, integer=integer)
+    b, sb = random_tracks(11, 70, gen, dtype=torch.float64, integer=integer)
+    want = ref.trajectory_viou(a, sa, b, sb, pixel_inclusive=pixel_inclusive, chunk=5)
+    assert torch.equal(want, loop_oracle(a, sa, b, sb, pixel_inclusive))
+    assert torch.equal(want, viou("cpu", a, sa, b, sb, pixel_inclusive=pixel_inclusive))
+
+
+def _pairwise_sum(terms):
+    half = len(terms) // 2
+    return terms[0] if len(terms) == 1 else _pairwise_sum(terms[:half]) + _pairwise_sum(terms[half:])
+
+
+def _exact_half_case(seed, T=40):
+    """Boxes a [T, 4] and b [T + 1, 4] on spans [0, T) and [0, T + 1) whose vIoU is exactly 0.5 with
+    frame-ordered fp64 sums: b's last frame (a strip of area x) sets W so that V + W = 3 I. Returns
+    (a, b, the vIoU with pairwise sums) or None when no x within 8 ulps does it."""
+    gen = generator(seed)
+    xy = torch.rand(T, 2, generator=gen, dtype=torch.float64) * 50
+    a = torch.cat([xy, xy + 20 + 30 * torch.rand(T, 2, generator=gen, dtype=torch.float64)], 1)
+    a, b = a.tolist(), (a + 10 * torch.rand(T, 4, generator=gen, dtype=torch.float64)).tolist()
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+    inter = [max(0, min(r[2], s[2]) - max(r[0], s[0]) + 1) * max(0, min(r[3], s[3]) - max(r[1], s[1]) + 1)
+             for r, s in zip(a, b)]
+    x = 3 * sum(inter) - sum(area(r) for r in a) - sum(area(s) for s in b)  # Python's sum: frame order
+    for k in range(17):  # x, then 1 ulp up, 1 down, 2 up, ...
+        xk = x
+        for _ in range((k + 1) // 2):
+            xk = math.nextafter(xk, math.inf if k % 2 else -math.inf)
+        strip = [0.0, 0.0, xk - 1, 0.0]
+        if area(strip) == xk and ref.viou_pair_loop(a, (0, T), b + [strip], (0, T + 1)) == 0.5:
+            b = b + [strip]
+            i, v, w = _pairwise_sum(inter), _pairwise_sum([area(r) for r in a]), _pairwise_sum([area(s) for s in b])
+            return a, b, i / ((v + w) - i)
+    return None
+
+
+def test_reference_keeps_an_exact_half_that_pairwise_sums_miss():
+    """A match at vIoU >= 0.5 must not depend on the summation order: the reference (a cumulative
+    sum over frames), the C++ kernel and the helper's loop give 0.5 where pairwise sums give less."""
+    case = next((c for c in map(_exact_half_case, range(100)) if c is not None and c[2] < 0.5), None)
+    assert case is not None, "no seed gave an exact-0.5 case that pairwise sums round below"
+    a, b, pairwise = case
+    T = len(a)
+    boxes_a = torch.tensor(a + [[0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)[None]  # frame T is outside a's span
+    boxes_b = torch.tensor(b, dtype=torch.float64)[None]
+    span_a, span_b = torch.tensor([[0, T]]), torch.tensor([[0, T + 1]])
+    assert pairwise < 0.5
+    assert ref.trajectory_viou(boxes_a, span_a, boxes_b, span_b).item() == 0.5
+    assert viou("cpu", boxes_a, span_a, boxes_b, span_b).item() == 0.5
+    assert ref.viou_pair_loop(a, (0, T), b, (0, T + 1)) == 0.5
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -1,6 +1,7 @@
 """Metrics: known answers (factors as codes score at the top, independent noise at chance),
 the pieces against independent implementations, protocols, determinism and bad input."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -99,9 +100,27 @@ def test_dci_identity_and_random_tree():
     r = dci(codes, classes, protocol="demo")
     assert r["disentanglement"] >= 0.999 and r["completeness"] >= 0.999 and r["informativeness"] == 1.0
     codes, classes = sample_codes(DEMO, Noise(), 15000)
-    r = dci(codes, classes)
+    r = dci(codes, classes, model="tree")                   # dlib's sizes with the fast tree
     assert r["disentanglement"] <= 0.05 and r["completeness"] <= 0.05
     assert r.params == dict(num_train=10000, num_test=5000, model="tree")
+
+
+def test_dci_default_model_is_gbt_for_dlib_and_tree_otherwise(monkeypatch):
+    pytest.importorskip("sklearn.ensemble")
+    gen = torch.Generator().manual_seed(4)
+    classes = torch.randint(0, 3, (150, 2), generator=gen)
+    codes = torch.cat([classes.double(), torch.randn(150, 1, generator=gen, dtype=torch.float64)], 1)
+    r = dci(codes, classes, num_train=100, num_test=50)     # protocol="dlib": GradientBoostingClassifier
+    assert r.params["model"] == "gbt"
+    assert torch.equal(r["importance"], dci(codes, classes, model="gbt", num_train=100, num_test=50)["importance"])
+    assert dci(codes, classes, protocol="demo", num_train=100, num_test=50).params["model"] == "tree"
+    assert dci(codes, classes, model="tree", num_train=100, num_test=50).params["model"] == "tree"
+
+    def no_sklearn(name, metric):
+        raise ImportError(f"{metric} needs scikit-learn: pip install 'pyfastlab[metrics]'")
+    monkeypatch.setattr(sys.modules["pyfastlab.vae.metrics.dci"], "sklearn_module", no_sklearn)
+    with pytest.raises(ImportError, match=r"pip install .*model='tree'"):
+        dci(codes, classes, num_train=100, num_test=50)
 
 
 def test_dci_rotated_pair_loses_disentanglement():
@@ -156,6 +175,25 @@ def test_discretize_matches_numpy_histogram_digitize():
         expected = np.digitize(x, np.histogram(x, 20)[1][:-1]) - 1
         assert np.array_equal(got[:, d].numpy(), expected)
     assert bool((got[:, 3] == got[0, 3]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_discretize_bins_values_on_edges_as_numpy(dtype):
+    """Values exactly on numpy.histogram's edges (and one ulp either side) land in np.digitize's bin."""
+    gen = torch.Generator().manual_seed(5)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    columns, off_linspace = [], 0
+    for num_bins in (7, 20, 33):
+        lo = np_dtype(10 * float(torch.randn(1, generator=gen)))
+        hi = np_dtype(10 * float(torch.rand(1, generator=gen)) + 11)
+        edges = np.histogram(np.array([lo, hi], dtype=np_dtype), num_bins)[1]
+        x = np.concatenate([edges, np.nextafter(edges, np_dtype(np.inf)), np.nextafter(edges, np_dtype(-np.inf))])
+        x = np.clip(x, lo, hi)[torch.randperm(3 * num_bins + 3, generator=gen).numpy()]
+        got = discretize(torch.from_numpy(x).unsqueeze(1), num_bins)[:, 0].numpy()
+        assert np.array_equal(got, np.digitize(x, np.histogram(x, num_bins)[1][:-1]) - 1), num_bins
+        # the case tells numpy's lo + i * ((hi - lo) / n) from lo + (hi - lo) * (i / n)
+        off_linspace += int((edges != lo + (hi - lo) * (np.arange(num_bins + 1) / num_bins).astype(np_dtype)).sum())
+    assert off_linspace > 0
 
 
 def test_mutual_information_matches_sklearn():

@@ -209,3 +209,61 @@ def test_shifted_relations_hit_only_within_the_closed_form_bound(L, sign):
         # the threshold at the closed form itself: a hit at viou, a miss just above it
         assert evaluate(gts, preds, viou_threshold=viou)["R@50"] == 1.0
         assert evaluate(gts, preds, viou_threshold=min(1.0, viou + 1e-9))["R@50"] == 0.0
+
+
+# ---- input forms and scores ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("score,match", [
+    ("0.9", r"prediction video v, relation 1: 'score' must be a real number .*'0.9' \(str\)"),
+    (None, r"prediction video v, relation 1: 'score' must be a real number .*None"),
+    (True, r"prediction video v, relation 1: 'score' must be a real number .*bool"),
+    (float("inf"), r"prediction video v, relation 1: 'score' must be finite"),
+    (10 ** 400, r"prediction video v, relation 1: 'score' must be finite"),
+], ids=["str", "none", "bool", "inf", "huge-int"])
+def test_non_numeric_scores_are_rejected_naming_video_and_relation(score, match):
+    gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
+    preds = {"v": [rel(("a", "p", "b"), 0, 10, score=0.5), dict(rel(("a", "p", "b"), 0, 10), score=score)]}
+    with pytest.raises(ValueError, match=match):
+        evaluate(gts, preds)
+
+
+def test_int_and_float_scores_mix():
+    gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
+    preds = {"v": [rel(("z", "p", "z"), 0, 10, score=0.5), rel(("a", "p", "b"), 0, 10, score=1)]}
+    assert evaluate(gts, preds)["mAP"] == 1.0
+
+
+def test_both_prediction_forms_are_accepted_and_others_raise():
+    gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
+    results = {"v": [rel(("a", "p", "b"), 0, 10, score=1.0)]}
+    for form in (results, {"version": "VERSION 1.0", "results": results}, {"results": results},
+                 {"version": "VERSION 1.0", "results": results, "external_data": {"used": False}}):
+        assert evaluate(gts, form)["mAP"] == 1.0
+    with pytest.raises(ValueError, match="prediction video predictions: expected a list of relations, got dict"):
+        evaluate(gts, {"predictions": results})
+    for wrapped in ({"version": "VERSION 1.0", "predictions": results},
+                    {"version": "VERSION 1.0", "results": [results]}):
+        with pytest.raises(ValueError, match="'results' must be a dict"):
+            evaluate(gts, wrapped)
+    with pytest.raises(ValueError, match="prediction video v: expected a list"):
+        evaluate(gts, {"v": results["v"][0]})
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(det_nreturns=50), ["R@50"]), (dict(det_nreturns=[5, 50]), ["R@5", "R@50"]),
+])
+def test_one_int_nreturns_is_a_one_element_tuple(kwargs, expected):
+    gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
+    preds = {"v": [rel(("a", "p", "b"), 0, 10, score=1.0)]}
+    out = evaluate(gts, preds, tag_nreturns=5, **kwargs)
+    assert [k for k in out if k.startswith("R@")] == expected and list(out)[-1] == "P@5"
+    ks = kwargs["det_nreturns"]
+    assert out == evaluate(gts, preds, tag_nreturns=(5,), det_nreturns=tuple(ks) if isinstance(ks, list) else (ks,))
+
+
+@pytest.mark.parametrize("name", ["det_nreturns", "tag_nreturns"])
+@pytest.mark.parametrize("value", [0, -5, True, 2.5, (10, 0), (True,), (5.0,), None, "50", (5, 5)])
+def test_bad_nreturns_are_named(name, value):
+    gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
+    with pytest.raises(ValueError, match=name):
+        evaluate(gts, {}, **{name: value})

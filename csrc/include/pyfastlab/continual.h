@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the continual-learning ops: argument checks and the resolved-mask view.
 // Used by the CPU and the CUDA kernels alike, so both see the same contract.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
@@ -10,10 +11,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "pyfastlab/reduction.h"
+
 namespace pyfastlab::continual {
 
 enum Mode : int64_t { kConst = 0, kDetach = 1 };
-enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
 
 // The mask row a kernel reads for row i: active[row_group[i]] (-1: all active), or without
 // row_group row i (G == N) or row 0 (G == 1). nullptr means "all classes active".
@@ -97,6 +99,17 @@ inline void check_pgd_args(const at::Tensor& x_adv, const at::Tensor& grad, cons
                     ": grad and x_clean must have the dtype of x_adv (", x_adv.scalar_type(), ")");
   TORCH_CHECK_VALUE(grad.device() == x_adv.device() && x_clean.device() == x_adv.device(), op,
                     ": grad and x_clean must be on the device of x_adv (", x_adv.device(), ")");
+  // The wrapper tests overlap exactly; this catches what reaches the kernel without it (compiled
+  // graphs): x_adv is written in place, so it may share memory with nothing it reads.
+  TORCH_CHECK_VALUE(at::has_internal_overlap(x_adv) != at::MemOverlap::Yes, op,
+                    ": x_adv has elements that share memory (e.g. an expanded tensor): it is written in place");
+  const auto check_apart = [&](const at::Tensor& t, const char* name) {
+    const auto status = at::get_overlap_status(x_adv, t);
+    TORCH_CHECK_VALUE(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, op,
+                      ": x_adv must not share memory with ", name, " (it is written in place)");
+  };
+  check_apart(grad, "grad");
+  check_apart(x_clean, "x_clean");
 }
 
 // x_adv is written in place from (x_adv, grad, x_clean), any strides.

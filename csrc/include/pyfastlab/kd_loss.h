@@ -9,9 +9,9 @@
 #include <cmath>
 #include <cstdint>
 
-namespace pyfastlab::kd {
+#include "pyfastlab/reduction.h"
 
-enum Reduction : int64_t { kNone = 0, kSum = 1, kBatchMean = 2 };
+namespace pyfastlab::kd {
 
 inline void check_args(const at::Tensor& student, const at::Tensor& teacher, const c10::optional<at::Tensor>& target,
                        double temperature, double soft_weight, double hard_weight, int64_t reduction) {
@@ -32,7 +32,7 @@ inline void check_args(const at::Tensor& student, const at::Tensor& teacher, con
   TORCH_CHECK_VALUE(student.size(1) > 1 || soft_weight == 0, op,
                     ": student_logits has C = 1 class: KL between one-class softmaxes is identically 0; "
                     "use a regression loss (e.g. MSE on the logits) or soft_weight=0");
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kBatchMean, op, ": reduction must be 0, 1 or 2");
+  check_reduction(op, reduction);
   if (target.has_value()) {
     TORCH_CHECK_VALUE(target->scalar_type() == at::kLong, op, ": target must be int64 here, got ",
                       target->scalar_type());

@@ -1,7 +1,7 @@
 #pragma once
 // Shared pieces of the mixup ops pair_mix, mixed_logits_cross_entropy and uniformity_loss (spec
 // mixup.md 3.1-3.3): argument checks used by the CPU and the CUDA kernels alike, so both see the
-// same contract, and the reduction codes of the schema.
+// same contract.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -9,10 +9,9 @@
 #include <cmath>
 #include <cstdint>
 
-namespace pyfastlab::mixup {
+#include "pyfastlab/reduction.h"
 
-// reduction codes of mixed_logits_cross_entropy (schema: 0 none / 1 mean / 2 sum)
-constexpr int64_t kNone = 0, kMean = 1, kSum = 2;
+namespace pyfastlab::mixup {
 
 // x [B, D] floating; partner int64 [B] on x's device; lam absent, 0-dim or [B] floating.
 inline void check_pair(const char* op, const char* xname, const at::Tensor& x, const at::Tensor& partner,
@@ -37,11 +36,6 @@ inline void check_target(const char* op, const at::Tensor& logits, const at::Ten
                     ": target must be int64 [B=", logits.size(0), "], got ", target.scalar_type(), " ",
                     target.sizes());
   TORCH_CHECK_VALUE(target.device() == logits.device(), op, ": target must be on the device of logits");
-}
-
-inline void check_reduction(const char* op, int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction == kNone || reduction == kMean || reduction == kSum, op,
-                    ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
 }
 
 // The saved or incoming tensors of the backwards: a grad of another shape, a short lse or a

@@ -8,6 +8,8 @@ R~ = R + 1e-11 and entropies in base F (rows) and d (columns):
 (uniform rho, rho' when R = 0). model="gbt": scikit-learn's GradientBoostingClassifier with its
 defaults and R[:, k] = its feature importances (disentanglement_lib's choice; slow). model="tree":
 the built-in torch CART of `tree.py`, importances normalised per factor (fast; not comparable).
+The default model is "gbt" under protocol="dlib" (as disentanglement_lib's dci.py) and "tree" under
+the other protocols.
 """
 from __future__ import annotations
 
@@ -56,7 +58,10 @@ def _importance_tree(train_x, train_y, test_x, test_y, sizes, seed):
 
 
 def _importance_gbt(train_x, train_y, test_x, test_y, sizes, seed):
-    ensemble = sklearn_module("ensemble", "dci(model='gbt')")
+    try:
+        ensemble = sklearn_module("ensemble", "dci(model='gbt')")
+    except ImportError as err:
+        raise ImportError(f"{err}; or pass model='tree' for the built-in torch tree") from err
     importance = torch.zeros(train_x.shape[1], train_y.shape[1], dtype=torch.float64)
     accuracy = []
     for k in range(train_y.shape[1]):
@@ -70,10 +75,13 @@ def _importance_gbt(train_x, train_y, test_x, test_y, sizes, seed):
     return importance, accuracy
 
 
-def dci(codes, classes, *, model: str = "tree", protocol: str = "dlib", num_train: Optional[int] = None,
+def dci(codes, classes, *, model: Optional[str] = None, protocol: str = "dlib", num_train: Optional[int] = None,
         num_test: Optional[int] = None, seed: int = 0, code: str = "mean") -> MetricResult:
     """DCI of codes `[N, d]` against integer classes `[N, F]`: score = D; details hold
-    disentanglement, completeness, informativeness (and train accuracy), importance `[d, F]`."""
+    disentanglement, completeness, informativeness (and train accuracy), importance `[d, F]`.
+    model=None: "gbt" for protocol="dlib" (needs scikit-learn), "tree" otherwise."""
+    if model is None:
+        model = "gbt" if protocol == "dlib" else "tree"
     check_choice("model", model, MODELS)
     codes, classes = check_codes_classes("dci", codes, classes)
     params = resolve("dci", protocol, dict(num_train=num_train, num_test=num_test))

@@ -1,9 +1,10 @@
 """Mutual Information Gap (Chen et al. 2018; vae.md 4.4), disentanglement_lib's discrete form.
 
 Each code dimension is cut into num_bins equal-width bins over its range (the maximum falls in the
-last bin, a constant dimension is one bin); I[d, k] is the plug-in mutual information (nats) of the
-binned dimension d and factor k; MIG = mean over factors k with H_k > 0 of
-(largest - second largest I[., k]) / H_k, H_k the empirical factor entropy.
+last bin, a constant dimension is one bin) on numpy.histogram's edges, computed on the float64
+codes: a value on an edge bins as in disentanglement_lib run on float64 codes. I[d, k] is the
+plug-in mutual information (nats) of the binned dimension d and factor k; MIG = mean over factors
+k with H_k > 0 of (largest - second largest I[., k]) / H_k, H_k the empirical factor entropy.
 With more factor classes than bins a perfect code cannot reach 1: for known answers, set
 num_bins >= the largest factor size.
 """
@@ -18,12 +19,15 @@ from ._protocol import MetricResult, check_codes_classes, dense_labels, require,
 
 
 def discretize(codes: Tensor, num_bins: int) -> Tensor:
-    """Bin index 0..num_bins-1 per entry, equal-width bins over each column's [min, max]
-    (np.histogram edges + np.digitize as in disentanglement_lib, shifted to start at 0)."""
+    """Bin index 0..num_bins-1 per entry: disentanglement_lib's np.digitize(x, np.histogram(x,
+    num_bins)[1][:-1]) per column, shifted to start at 0. The edges are numpy's (NumPy >= 2)
+    linspace in codes.dtype, lo + i * ((hi - lo) / num_bins), so a value exactly on an edge opens
+    the bin numpy opens with it. A constant column is one bin (0)."""
     lo, hi = codes.min(dim=0).values, codes.max(dim=0).values
-    steps = torch.linspace(0.0, 1.0, num_bins + 1, dtype=codes.dtype, device=codes.device)
-    edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * steps                  # [d, num_bins + 1]
-    bins = torch.searchsorted(edges[:, :-1].contiguous(), codes.t().contiguous(), right=True) - 1
+    step = (hi - lo) / num_bins
+    index = torch.arange(num_bins, dtype=codes.dtype, device=codes.device)
+    edges = index * step.unsqueeze(1) + lo.unsqueeze(1)                       # [d, num_bins]: no last edge
+    bins = torch.searchsorted(edges, codes.t().contiguous(), right=True) - 1
     bins = bins.clamp_(0, num_bins - 1).t()
     return torch.where((hi > lo).unsqueeze(0), bins, torch.zeros_like(bins))   # constant column: one bin
 
