@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 # The dev environment pins torch; the package itself only asks for torch>=2.9.
-DEV_REQUIREMENTS := torch==2.14.1 numpy scikit-build-core cmake ninja pybind11 \
+DEV_REQUIREMENTS := torch==2.14.1 torchvision==0.29.1 numpy scikit-build-core cmake ninja \
                     pytest pytest-benchmark hypothesis rich matplotlib scikit-learn
 BUILD_LOG := build/pip-install.log
 # OFF for fast CPU-only rebuilds: make test PFL_WITH_CUDA=OFF
@@ -12,7 +12,7 @@ PFL_WITH_CUDA ?= ON
 # Triton kernels run under the interpreter on machines without a GPU.
 TEST_ENV := PYFASTLAB_CHECK=1 TRITON_INTERPRET=$(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 
-.PHONY: env install test bench wheel clean
+.PHONY: env install test bench wheel clean mutants
 
 env: $(DEPS)
 
@@ -31,6 +31,11 @@ install: $(DEPS)
 
 test: install
 	cd tests && $(TEST_ENV) ../$(VENV)/bin/pytest -q -p no:cacheprovider --benchmark-disable . ../bench
+
+# The mutation gate (tests/mutants): curated bugs applied to a copy of the tree in build/mutants,
+# rebuilt CPU-only there; never touches the .venv install. Not part of `make test`.
+mutants: $(DEPS)
+	$(VPY) tests/mutants/run.py
 
 bench: install
 	$(VENV)/bin/pyfastlab bench

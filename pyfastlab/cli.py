@@ -47,6 +47,10 @@ def cmd_check(args) -> int:
         mark = lambda good: "[green]pass[/]" if good else "[red]FAIL[/]"
         table.add_row(r.op, r.backend, r.device, r.dtype, mark(r.forward_ok), mark(r.backward_ok), r.detail)
     console.print(table)
+    if not results:
+        console.print("[red]no kernel backend can run here[/] (the compiled extension did not load and Triton "
+                      "cannot run): nothing was checked; see `pyfastlab info`")
+        return 1
     console.print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -1,18 +1,49 @@
 """Shared test helpers: tolerances per dtype, the backends to test, seeded random inputs."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from pyfastlab.ops import _backends
 
-# Forward and gradient tolerances against the float64 reference, per input dtype.
-TOLERANCES = {
-    torch.float64: dict(atol=1e-10, rtol=1e-9),
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-}
+# Unit roundoff (half an ulp at 1.0) of each dtype.
+UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+TOLERANCES = UNIT_ROUNDOFF  # the dtypes the table covers
+
+
+def tolerance(dtype: torch.dtype, reduction: int = 1, roundings: int = 1) -> float:
+    """Relative tolerance of a result that a kernel computes in its math type (float32 for the
+    half types) with reductions of `reduction` terms, against the unrounded float64 reference: one
+    unit roundoff per rounding to `dtype` on the way (the output's own, plus e.g. a backward that
+    reads a stored half-precision output), plus the accumulation error, which grows like
+    sqrt(reduction) for rounding errors of random sign (factor 16 of headroom)."""
+    acc = UNIT_ROUNDOFF[torch.float64 if dtype == torch.float64 else torch.float32]
+    return roundings * UNIT_ROUNDOFF[dtype] + 16 * acc * math.sqrt(max(reduction, 1))
+
+
+def roundings_of(backend: str | None, dtype: torch.dtype, roundings: int = 1) -> int:
+    """The Triton interpreter converts to bfloat16/float16 by truncation (a full ulp, not half of
+    one, as CUDA and torch round): its roundings count twice."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return 2 * roundings if backend == "triton" and half and _backends.triton_interpreted() else roundings
+
+
+def assert_close(actual, expected, dtype, what="", reduction: int = 1, roundings: int = 1, backend=None,
+                 scale: float | None = None):
+    """actual (computed from `dtype` inputs) against the float64 reference: |a - e| <= r (|e| + scale)
+    with r = tolerance(dtype, reduction, roundings) and scale = max|e| unless given (the size of the
+    terms a result is a difference of, where it cancels). The absolute part scales with the tensor
+    (never a fixed number), so an all-zero result fails against a non-zero reference in every dtype;
+    an all-zero reference gets r itself."""
+    r = tolerance(dtype, reduction, roundings_of(backend, dtype, roundings))
+    expected = expected.double()
+    if scale is None:
+        finite = expected[torch.isfinite(expected)]
+        scale = finite.abs().max().item() if finite.numel() else 0.0
+    torch.testing.assert_close(actual.double(), expected, equal_nan=True, rtol=r, atol=r * (scale or 1.0),
+                               msg=lambda m: f"{what}: {m} (dtype {dtype}, reduction {reduction}, rtol {r:.2g})")
 
 
 def devices() -> list:
@@ -35,11 +66,6 @@ def kernel_backends() -> list:
             marks.append(pytest.mark.skip(reason=f"backend {backend!r}: {reason}"))
         params.append(pytest.param(backend, device, marks=marks, id=f"{backend}-{device.type}"))
     return params
-
-
-def assert_close(actual, expected, dtype, what=""):
-    tol = TOLERANCES[dtype]
-    torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True, msg=lambda m: f"{what}: {m}", **tol)
 
 
 def generator(seed: int) -> torch.Generator:

@@ -14,14 +14,16 @@ from .registry import all_cases, compare
 
 def params(family: str) -> list:
     """pytest params (case, implementation name) of a family's cases: the eager baseline (timed, not
-    checked: it is what the others are checked against), torch.compile of it, and the pyfastlab
-    backends of the case's device."""
+    checked: it is what the others are checked against), torch.compile of it where the case has one
+    (pure-Python baselines have none), and the pyfastlab backends of the case's device (skipped
+    with the reason where one cannot run)."""
     out = []
     for case in all_cases(family):
         marks = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")] \
             if case.device == "cuda" else []
+        defined = {impl.name for impl in case.implementations()}
         backends = ["cuda", "triton"] if case.device == "cuda" else ["cpu"]
-        for name in ["eager", "compiled"] + backends:
+        for name in [b for b in ("eager", "compiled") if b in defined] + backends:
             label = "baseline-eager" if name == "eager" else name
             out.append(pytest.param(case, name, marks=marks, id=f"{case.name}-{label}"))
     return out

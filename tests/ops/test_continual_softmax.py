@@ -37,8 +37,10 @@ def test_matches_reference(backend, device, dtype, mask_kind, log):
         got = run(backend, logits, active, row_group, upstream, log=log, **kwargs)
         want = run("reference", logits.double(), active, row_group, upstream.double(), log=log, **kwargs)
         assert got[0].dtype == dtype
-        for name, a, b in zip(("out", "grad"), got, want):
-            assert_close(a.cpu(), b.cpu(), dtype, f"{kwargs} {name}")
+        # the backward reads the stored output: its rounding enters the gradient twice
+        for name, a, b, roundings in zip(("out", "grad"), got, want, (1, 3)):
+            assert_close(a.cpu(), b.cpu(), dtype, f"{kwargs} {name}", reduction=29, roundings=roundings,
+                         backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -49,7 +51,7 @@ def test_row_lengths(backend, device, n_classes):
         got = run(backend, logits, active, row_group, upstream, log=log)
         want = run("reference", logits.double(), active, row_group, upstream.double(), log=log)
         for a, b in zip(got, want):
-            assert_close(a.cpu(), b.cpu(), torch.float32)
+            assert_close(a.cpu(), b.cpu(), torch.float32, reduction=n_classes)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -59,9 +59,10 @@ def as64(lam):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("lam_kind", ["rows", "scalar", "0dim"])
 @pytest.mark.parametrize("p_kind", ["perm", "repeat", "matching"])
-def test_pair_mix_matches_reference(backend, device, dtype, lam_kind, p_kind):
+@pytest.mark.parametrize("D", [45, 1100])  # 1100: past one column chunk (512 on a GPU, 1024 interpreted)
+def test_pair_mix_matches_reference(backend, device, dtype, lam_kind, p_kind, D):
     gen = generator(11)
-    B, D = 37, 45
+    B = 37
     x = torch.randn(B, D, generator=gen).to(dtype)
     p = partner_of(p_kind, B, gen)
     lam = lam_of(lam_kind, B, gen, torch.float64 if dtype == torch.float64 else torch.float32)
@@ -72,8 +73,9 @@ def test_pair_mix_matches_reference(backend, device, dtype, lam_kind, p_kind):
     assert got[0].dtype == dtype and got[1].dtype == dtype
     for name, a, b in zip(("out", "grad x", "grad lam"), got, want):
         assert a.shape == b.shape, name
-        # grad lam sums D products: fp32 tolerance for half inputs' gradients
-        assert_close(a.cpu(), b, dtype if name != "grad lam" or dtype == torch.float64 else torch.float32, name)
+        # grad lam sums D products in fp32, rounded once to lam's dtype (fp32 for half inputs)
+        lam_dtype = dtype if name != "grad lam" or dtype == torch.float64 else torch.float32
+        assert_close(a.cpu(), b, lam_dtype, name, reduction=D if name == "grad lam" else 1, backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", ALL)
@@ -311,6 +313,16 @@ def test_mixed_ce_edges_and_bad_input(backend, device):
 
 # ---- uniformity_loss ------------------------------------------------------------------------------
 
+def _uniformity_gradient_terms(x, t, upstream):
+    """Largest entry of the two terms the uniformity gradient is the difference of, 2 t g r_a x_a and
+    2 t g sum_b p_ab x_b (p_ab = exp(-t d_ab^2 - lse) over the pairs a != b, r_a = sum_b p_ab)."""
+    e = -t * torch.cdist(x, x).pow(2)
+    e.fill_diagonal_(-math.inf)
+    p = (e - torch.logsumexp(e.triu(1).masked_fill(torch.ones_like(e).tril().bool(), -math.inf).flatten(), 0)).exp()
+    own, others = p.sum(1, keepdim=True) * x, p @ x
+    return 2 * t * abs(upstream) * max(own.abs().max().item(), others.abs().max().item())
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("N,D", [(2, 3), (3, 1), (67, 20), (300, 130)])
@@ -321,12 +333,12 @@ def test_uniformity_matches_reference(backend, device, dtype, N, D):
               torch.tensor(1.25, device=device))
     want = run(lambda x, l: ref.uniformity_loss(x, 2.0), [x.double()], 0.0, torch.tensor(1.25, dtype=torch.float64))
     assert got[0].dtype == dtype and got[1].dtype == dtype and got[0].shape == ()
-    tol = dtype if dtype != torch.float32 else torch.float32
-    assert_close(got[0].cpu(), want[0].to(dtype) if dtype in (torch.float16, torch.bfloat16) else want[0], tol,
-                 "loss")
-    # Gram form in fp32: relative 1e-4 (spec 5)
-    torch.testing.assert_close(got[1].cpu().double(), want[1], atol=1e-4 if dtype == torch.float32 else
-                               (1e-10 if dtype == torch.float64 else 3e-2), rtol=1e-4 if dtype != torch.float64 else 1e-8)
+    # relative to the float64 reference, the Gram form's sums over N D terms (fp32: ~1e-4, spec 5). The
+    # gradient -2 t g (r_a x_a - sum_b p_ab x_b) is a difference: its error is relative to those terms;
+    # it reads the half-precision input twice (Gram and sum_b p_ab x_b)
+    assert_close(got[0].cpu(), want[0], dtype, "loss", reduction=N * D, backend=backend)
+    assert_close(got[1].cpu(), want[1], dtype, "grad", reduction=N * D, roundings=2, backend=backend,
+                 scale=_uniformity_gradient_terms(x.double(), t=2.0, upstream=1.25))
 
 
 @pytest.mark.parametrize("backend,device", ALL)
