@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import pathlib
 import platform
 import sys
+import warnings
 
 import torch
 from rich.console import Console
@@ -57,20 +59,26 @@ def cmd_check(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import all_cases
-    from .bench.report import print_table, write_chart, write_json, write_markdown
+    from .bench.report import summary_lines, write_chart, write_json, write_markdown
     from .bench.runner import copy_bandwidth, run_case
 
+    # torch.compile's own notices (no CUDA runtime found, deprecations inside inductor) are not ours
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.device:
         devices = [args.device]
     cases = [c for d in devices for c in all_cases(args.family, d) if not args.op or c.op == args.op]
+    if not args.full:  # the default run: the first case of each op per device
+        cases = list({(c.op, c.device): c for c in reversed(cases)}.values())[::-1]
     if not cases:
         console.print("[red]no benchmark case matches[/]")
         return 1
-    scale = 1 / 16 if args.quick else 1.0
-    rounds = args.rounds or (3 if args.quick else 9)
-    warmup = 1 if args.quick else 2
-    copy_bytes = (2**28 if args.quick else 2**30)
+    mode = "full" if args.full else ("quick" if args.quick else "default")
+    scale = {"full": 1.0, "default": 1 / 4, "quick": 1 / 16}[mode]
+    rounds = args.rounds or {"full": 9, "default": 7, "quick": 3}[mode]
+    warmup = 2 if args.full else 1
+    copy_bytes = 2**30 if args.full else 2**28
     copy_bps = {d: copy_bandwidth(d, copy_bytes) for d in devices}
     for d, bps in copy_bps.items():
         console.print(f"copy bandwidth on {d}: {bps / 1e9:.1f} GB/s (read + write of {copy_bytes >> 20} MiB)")
@@ -79,21 +87,25 @@ def cmd_bench(args) -> int:
         task = progress.add_task("benchmarking", total=len(cases))
         for case in cases:
             progress.update(task, description=f"{case.name}")
-            results += run_case(case, scale=scale, rounds=rounds, warmup=warmup, copy_bps=copy_bps[case.device])
+            results += run_case(case, scale=scale, rounds=rounds, warmup=warmup, copy_bps=copy_bps[case.device],
+                                measure_memory=args.full)
             progress.advance(task)
-    title = (f"pyfastlab bench ({'quick, N/16' if args.quick else 'full size'}; median of {rounds} rounds; "
-             "1st call includes torch.compile's compile time)")
-    print_table(results, console, title)
+    title = f"pyfastlab bench, {mode}: sizes x{scale:g}, {len(cases)} cases, {rounds} interleaved rounds"
+    console.print(title, highlight=False)
+    for line in summary_lines(results):
+        console.print(line, highlight=False, markup=False)
     out = pathlib.Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
-                threads=torch.get_num_threads(), quick=args.quick, rounds=rounds,
+                threads=torch.get_num_threads(), mode=mode, scale=scale, rounds=rounds,
                 copy_gbps={d: bps / 1e9 for d, bps in copy_bps.items()},
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     write_json(results, out / "bench.json", meta)
     write_markdown(results, out / "bench.md", f"# pyfastlab bench\n\n`{json.dumps(meta)}`")
+
     chart = write_chart(results, out / "speedup.png")
-    console.print(f"results: {out}/bench.json, bench.md" + (", speedup.png" if chart else " (no chart: matplotlib missing)"))
+    console.print(f"every implementation (times, GB/s, memory): bench.md, bench.json"
+                  + (", speedup.png" if chart else " (no chart: matplotlib missing)") + f" in {out}", highlight=False)
     failures = [r for r in results if r.error]
     for r in failures:
         console.print(f"[red]{r.case} {r.implementation}: {r.error}[/]")
@@ -119,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser("bench", help="benchmark every op against eager and torch.compile references")
-    p.add_argument("--quick", action="store_true", help="N/16 sizes, 3 rounds")
+    p.add_argument("--quick", action="store_true", help="N/16 sizes, 3 rounds (a smoke run)")
+    p.add_argument("--full", action="store_true",
+                   help="every case at full size, 9 rounds, peak memory (the long sweep; default: the first case "
+                        "of each op at N/4, 7 rounds)")
     p.add_argument("--family", default=None)
     p.add_argument("--op", default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)

@@ -2,9 +2,12 @@
 measured in one run, since the machines are shared and noisy."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -26,8 +29,10 @@ class Result:
     gbps: float | None = None
     copy_fraction: float | None = None
     peak_extra_units: float | None = None
-    speedup_vs_eager: float | None = None
+    speedup_vs_eager: float | None = None     # median over rounds of the per-round ratio
     speedup_vs_compiled: float | None = None
+    spread_vs_eager: tuple[float, float] | None = None  # (min, max) of the per-round ratios
+    spread_vs_compiled: tuple[float, float] | None = None
     gflops: float | None = None
     error: str | None = None
     target: str = ""
@@ -60,6 +65,21 @@ def copy_bandwidth(device: str, n_bytes: int, rounds: int = 5) -> float:
     return 2 * n_bytes / seconds
 
 
+@contextlib.contextmanager
+def _native_stderr_to_file():
+    """The profiler's native layer writes 'profiler_start' / 'gpuGetDeviceCount failed' lines
+    straight to file descriptor 2: keep them out of the table (they are dropped, not hidden errors:
+    a failure raises in Python)."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def peak_extra_bytes(fn, device: str) -> int:
     """Peak memory allocated during one call beyond what existed before it."""
     if device == "cuda":
@@ -72,8 +92,9 @@ def peak_extra_bytes(fn, device: str) -> int:
     # CPU: replay the profiler's allocation timeline (creations and frees, in time order).
     from torch.profiler import _memory_profiler
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=True, with_stack=True) as prof:
+    with _native_stderr_to_file(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+            with_stack=True) as prof:
         fn()
     Action = _memory_profiler.Action
     current = peak = 0
@@ -125,11 +146,15 @@ def run_case(case: BenchCase, *, scale: float, rounds: int, warmup: int, copy_bp
             res.copy_fraction = case.bytes_moved(inputs) / seconds / copy_bps
         if measure_memory and case.measure_memory:
             res.peak_extra_units = peak_extra_bytes(lambda: impl.run(inputs), case.device) / case.unit_bytes(inputs)
-    by_name = {r.implementation: r for r in results}
-    for r in results:
-        if r.median_ms:
-            for ref_name, field in (("eager", "speedup_vs_eager"), ("compiled", "speedup_vs_compiled")):
-                base = by_name.get(ref_name)
-                if base is not None and base.median_ms:
-                    setattr(r, field, base.median_ms / r.median_ms)
+    # Ratios per round (both timed in the same round), then their median and range: a load change
+    # between rounds moves both sides of a round's ratio alike.
+    times_of = {res.implementation: times for res, _, _, _, times in timed}
+    for res, _, _, _, times in timed:
+        for ref_name, field in (("eager", "vs_eager"), ("compiled", "vs_compiled")):
+            base = times_of.get(ref_name)
+            if base is None or res.implementation == ref_name:
+                continue
+            ratios = [b / t for b, t in zip(base, times)]
+            setattr(res, f"speedup_{field}", statistics.median(ratios))
+            setattr(res, f"spread_{field}", (min(ratios), max(ratios)))
     return results

@@ -38,6 +38,20 @@ def test_bench_quick_writes_results(tmp_path):
     assert (run_dir / "speedup.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_bench_prints_one_line_per_op_in_80_columns_without_log_noise(tmp_path):
+    proc = pyfastlab("bench", "--quick", "--family", "continual", "--rounds", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "No CUDA runtime", "Warning"):
+        assert noise not in output
+    ops = ("masked_cross_entropy", "masked_softmax", "pgd_linf_step_")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(ops)]
+    assert len(lines) == len(ops), proc.stdout  # the default run: one case per op
+    assert all(len(line) <= 80 for line in lines)
+    assert all(" cpu " in line and "x " in line for line in lines)  # best backend and a ratio with its range
+
+
 def test_demo_of_unknown_family_fails_clearly():
     proc = pyfastlab("demo", "nosuchfamily")
     assert proc.returncode == 2
