@@ -1,14 +1,12 @@
-"""Benchmark cases of trajectory_viou and evaluate in the vidvrd family (vidvrd.md section 7)."""
+"""Benchmark cases of trajectory_viou in the vidvrd family (vidvrd.md section 7); evaluate's are in
+vidvrd_evaluate_cases.py."""
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 
 from .. import ops
 from ..ops import _backends
-from ..reference import vidvrd_eval, vidvrd_viou as reference
+from ..reference import vidvrd_viou as reference
 from .registry import BenchCase, Implementation, register
 
 
@@ -91,54 +89,7 @@ def _register_viou_loop(P, Q, T):
         tolerance=dict(atol=0.0, rtol=0.0), target=">= 50x per-frame loop", measure_memory=False))
 
 
-# ---- evaluate against the Python port of the helper -------------------------------------------------
-
-@functools.lru_cache(maxsize=4)
-def _evaluate_data(scale: float, on_triplet: bool) -> dict:
-    """vidvrd.md 7: 100 VidOR-style videos, T ~ U[300, 1800], 200 predictions per video.
-    on_triplet: the predictions are degraded copies of the GT (box jitter, shifts of up to 8
-    frames, 20 % flipped predicates, 10 % dropped), several per GT relation as a model proposes
-    several spans per pair, so most have same-triplet candidates (the case that makes the helper
-    slow); otherwise one copy plus subject/object-swapped junk, which rarely has a candidate."""
-    from ..vidvrd import degrade_predictions, groundtruth_from_annotations, make_vidvrd_like
-
-    annos = make_vidvrd_like(max(2, int(100 * scale)), seed=0, style="vidor", frame_range=(300, 1800),
-                             edge_cases=("duplicate_triplets",))
-    gt = groundtruth_from_annotations(annos)
-    degrade = dict(box_sigma=4.0, shift=8, flip_p=0.2, drop_p=0.1)
-    if not on_triplet:
-        return dict(gt=gt, pred=degrade_predictions(gt, seed=0, extra=200, cap=200, **degrade)["results"])
-    copies = [degrade_predictions(gt, seed=s, cap=10**6, **degrade)["results"] for s in range(12)]
-    rng = np.random.default_rng(0)
-    pred = {}
-    for vid in gt:
-        pool = [r for c in copies for r in c[vid]][:200]
-        order = rng.permutation(len(pool))
-        pred[vid] = [dict(pool[k], score=1 - rank / len(pool) + float(rng.uniform(0, 1e-3)))
-                     for rank, k in enumerate(order)]
-    return dict(gt=gt, pred=pred)
-
-
-def _metrics(fn):
-    return lambda inp: (torch.tensor(list(fn(inp["gt"], inp["pred"]).values()), dtype=torch.float64),)
-
-
-def _evaluate_impls() -> list[Implementation]:
-    from ..vidvrd import evaluate
-
-    return [Implementation("eager", _metrics(vidvrd_eval.evaluate), "baseline"),
-            Implementation("cpu", _metrics(lambda g, p: evaluate(g, p, backend="cpu")))]
-
-
 _register_viou(200, 50, 450, "cpu", ">= 50x per-frame loop; >= 2x eager")
 _register_viou(1000, 100, 900, "cpu", ">= 50x per-frame loop; >= 2x eager")
 _register_viou(4096, 512, 1000, "cuda", "ratio vs eager and compiled")
 _register_viou_loop(64, 32, 450)
-for on_triplet, what in ((True, "degraded GT copies"), (False, "1 GT copy + swapped junk")):
-    register(BenchCase(
-        family="vidvrd", op="evaluate", device="cpu", dtype=torch.float64,
-        label=f"100 videos x 200 predictions, vidor T 300-1800, {what} (eager = Python port of the helper)",
-        make_inputs=lambda scale, t=on_triplet: _evaluate_data(scale, t), implementations=_evaluate_impls,
-        bytes_moved=lambda inp: 0, unit_bytes=lambda inp: 1, tolerance=dict(atol=0.0, rtol=0.0),
-        target=">= 20x the Python port; metrics ==" if on_triplet else "reported (few candidates); metrics ==",
-        measure_memory=False))

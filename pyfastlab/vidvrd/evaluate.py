@@ -1,12 +1,16 @@
 """VidVRD relation detection and tagging metrics with exactly the official protocol (VidVRD-helper,
-vidvrd.md 4.3), with the trajectory vIoU of matching candidates computed by ops.trajectory_viou.
+vidvrd.md 4.3), with the trajectory vIoU of matching candidates computed by compiled code.
 
-Only the hit flags are accelerated: per video, the trajectories of the ground truths and of the
-predictions that have a same-triplet candidate go into one flat float64 array, and one call of the
-C++ routine trajectory_viou_pairs computes the vIoU of every (prediction, candidate) pair
-(frame-ordered fp64, so every ov equals the helper's Python loop). Other backends ("reference",
-or without the compiled ops) compute one ops.trajectory_viou matrix per triplet instead. The greedy matching and the metrics (steps 2 to 5) are
-replayed with the helper's NumPy operations, so the numbers equal the helper's.
+Only the hit flags are accelerated, and only the vIoU the greedy matching reads is computed
+(_lazy_hits): predictions of a triplet are visited in score order in doubling chunks against the
+GT candidates still unmatched; pairs without common frames are 0.0 (the helper's early return);
+the object vIoU is computed only where the subject's reaches the threshold; a trajectory's JSON
+boxes are converted to float64 the first time a pair needs them, and the C++ routine
+trajectory_viou_pairs (frame-ordered fp64, so every value equals the helper's Python loop) scores
+each batch. Other backends ("reference", or without the compiled ops) compute one
+ops.trajectory_viou matrix per triplet instead. The greedy matching and the metrics (steps 2 to 5)
+are replayed with the helper's comparisons and NumPy operations, so the numbers equal the helper's.
+Box contents are checked when converted; the structure of every relation is checked up front.
 """
 from __future__ import annotations
 
@@ -27,28 +31,46 @@ _PROGRESS_MIN_VIDEOS = 50  # below this, a progress bar is noise
 
 
 def _validated(vid, relations, what, need_score):
-    """The relations of one video, checked: a clear error names the video, index and field."""
+    """The relations of one video, checked: a clear error names the video, index and field. A
+    well-formed relation passes one cheap test; any other goes through _check_relation, which
+    raises the error that names it."""
     if not isinstance(relations, (list, tuple)):
         raise ValueError(f"{what} video {vid}: expected a list of relations, got {type(relations).__name__}")
+    isfinite = math.isfinite
     for k, r in enumerate(relations):
-        where = f"{what} video {vid}, relation {k}"
-        if not isinstance(r, dict):
-            raise ValueError(f"{where}: expected a dict, got {type(r).__name__}")
-        for field in ("triplet", "duration", "sub_traj", "obj_traj") + (("score",) if need_score else ()):
-            if field not in r:
-                raise ValueError(f"{where}: missing field {field!r}")
-        if len(r["triplet"]) != 3:
-            raise ValueError(f"{where}: 'triplet' must be [subject, predicate, object], got {r['triplet']!r}")
-        if len(r["duration"]) != 2:
-            raise ValueError(f"{where}: 'duration' must be [begin, end), got {r['duration']!r}")
-        begin, end = r["duration"]
-        for field in ("sub_traj", "obj_traj"):
-            if len(r[field]) != end - begin:
-                raise ValueError(f"{where}: '{field}' has {len(r[field])} boxes but 'duration' [{begin}, {end}) "
-                                 f"covers {end - begin} frames")
-        if need_score:
-            _check_score(r["score"], where)
+        try:
+            begin, end = r["duration"]
+            n = end - begin
+            ok = (type(r) is dict and len(r["triplet"]) == 3 and len(r["sub_traj"]) == n
+                  and len(r["obj_traj"]) == n)
+            if ok and need_score:
+                score = r["score"]
+                ok = type(score) is float and isfinite(score)
+        except Exception:  # noqa: BLE001 - the slow path raises the precise error
+            ok = False
+        if not ok:
+            _check_relation(vid, k, r, what, need_score)
     return relations
+
+
+def _check_relation(vid, k, r, what, need_score):
+    where = f"{what} video {vid}, relation {k}"
+    if not isinstance(r, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(r).__name__}")
+    for field in ("triplet", "duration", "sub_traj", "obj_traj") + (("score",) if need_score else ()):
+        if field not in r:
+            raise ValueError(f"{where}: missing field {field!r}")
+    if len(r["triplet"]) != 3:
+        raise ValueError(f"{where}: 'triplet' must be [subject, predicate, object], got {r['triplet']!r}")
+    if len(r["duration"]) != 2:
+        raise ValueError(f"{where}: 'duration' must be [begin, end), got {r['duration']!r}")
+    begin, end = r["duration"]
+    for field in ("sub_traj", "obj_traj"):
+        if len(r[field]) != end - begin:
+            raise ValueError(f"{where}: '{field}' has {len(r[field])} boxes but 'duration' [{begin}, {end}) "
+                             f"covers {end - begin} frames")
+    if need_score:
+        _check_score(r["score"], where)
 
 
 def _check_score(score, where):
@@ -126,57 +148,114 @@ def _overlaps(preds, gts, pixel_inclusive, backend, where):
     return ov
 
 
-def _flat_tracks(trajectories, where):
-    """One float64 [N, 4] array of all trajectories (each over its own duration), their row
-    offsets and begin frames: the one conversion per video of the flat path."""
-    rows, offsets, begins = [], [0], []
+def _convert(trajectories, where):
+    """One float64 [N, 4] array of the boxes of `trajectories` (relation, field), each over its own
+    duration, in order: one conversion of the JSON lists (fromiter over the chained rows, about twice
+    as fast as np.array on the nested lists)."""
+    rows = []
     for r, field in trajectories:
         rows += r[field]
-        offsets.append(len(rows))
-        begins.append(r["duration"][0])
     try:
         if set(map(len, rows)) - {4}:
             raise ValueError("a box without 4 numbers")
-        # fromiter over the chained rows: about twice as fast as np.array on the nested lists
         boxes = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=4 * len(rows))
-        boxes = boxes.reshape(len(rows), 4)
     except (TypeError, ValueError):
         for r, field in trajectories:  # find the culprit for a clear message
             _tracks([r], field, r["duration"][0], r["duration"][1] - r["duration"][0], where)
         raise
-    return torch.from_numpy(boxes), torch.tensor(offsets), torch.tensor(begins)
+    return boxes.reshape(len(rows), 4)
 
 
-def _flat_overlaps(groups, by_triplet, preds, gts, pixel_inclusive, where):
-    """ov of every (prediction, same-triplet GT) pair of a video with one call of the flat C++
-    routine; {triplet: ov [len(members), len(GT of the triplet)]}."""
-    trajectories, index = [], {}
+class _LazyViou:
+    """vIoU of (prediction, GT) pairs of one video for one field, with the boxes of a trajectory
+    converted the first time a pair needs it (and kept), and one call of the C++ routine
+    trajectory_viou_pairs per batch of pairs (frame-ordered fp64: every value equals the helper's
+    Python loop)."""
 
-    def slot(r, key):
-        if key not in index:
-            index[key] = len(trajectories) // 2
-            trajectories.extend(((r, "sub_traj"), (r, "obj_traj")))
-        return index[key]
+    def __init__(self, preds, gts, field, pixel_inclusive, where):
+        self.rels = (preds, gts)
+        self.field, self.pixel_inclusive, self.where = field, pixel_inclusive, where
+        self.boxes = ({}, {})  # side (0: prediction, 1: GT) -> {index: float64 [n, 4]}
 
-    pair_a, pair_b, shapes = [], [], []
-    for triplet, members in groups.items():
-        gt_slots = [slot(gts[g], ("g", g)) for g in by_triplet[triplet]]
-        for i in members:
-            p = slot(preds[i], ("p", i))
-            pair_a += [p] * len(gt_slots)
-            pair_b += gt_slots
-        shapes.append((triplet, len(members), len(gt_slots)))
-    boxes, offsets, begins = _flat_tracks(trajectories, where)
-    pa, pb = 2 * torch.tensor(pair_a), 2 * torch.tensor(pair_b)  # subject rows; objects follow
-    pairs = torch.ops.pyfastlab.trajectory_viou_pairs
-    v_sub = pairs(boxes, offsets, begins, torch.cat([pa, pa + 1]), torch.cat([pb, pb + 1]), pixel_inclusive).numpy()
-    v_sub, v_obj = v_sub[:len(pair_a)], v_sub[len(pair_a):]
-    ov = np.where(v_obj < v_sub, v_obj, v_sub)  # Python's min(s, o), as the helper (NaN included)
-    out, start = {}, 0
-    for triplet, n_rows, n_cols in shapes:
-        out[triplet] = ov[start:start + n_rows * n_cols].reshape(n_rows, n_cols)
-        start += n_rows * n_cols
-    return out
+    def __call__(self, pairs):
+        """[vIoU] of the (prediction index, GT index) pairs, as Python floats."""
+        if not pairs:
+            return []
+        slots, order = ({}, {}), []
+        pa, pb = [], []
+        for i, g in pairs:
+            for side, idx, out in ((0, i, pa), (1, g, pb)):
+                k = slots[side].get(idx)
+                if k is None:
+                    k = slots[side][idx] = len(order)
+                    order.append((side, idx))
+                out.append(k)
+        missing = [(side, idx) for side, idx in order if idx not in self.boxes[side]]
+        if missing:
+            flat = _convert([(self.rels[side][idx], self.field) for side, idx in missing], self.where)
+            start = 0
+            for side, idx in missing:
+                n = len(self.rels[side][idx][self.field])
+                self.boxes[side][idx] = flat[start:start + n]
+                start += n
+        arrays = [self.boxes[side][idx] for side, idx in order]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in arrays], out=offsets[1:])
+        begins = torch.tensor([self.rels[side][idx]["duration"][0] for side, idx in order], dtype=torch.int64)
+        boxes = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        return torch.ops.pyfastlab.trajectory_viou_pairs(boxes, torch.from_numpy(offsets), begins, torch.tensor(pa),
+                                                         torch.tensor(pb), self.pixel_inclusive).tolist()
+
+
+def _lazy_hits(groups, by_triplet, preds, gts, threshold, pixel_inclusive, where, hits):
+    """Step 2 on the flat path, computing only the vIoU the greedy matching reads. The predictions
+    of each triplet are visited in score order in chunks (doubling in size); a chunk computes the
+    pairs with the GT candidates still unmatched when it starts (a superset of what the helper
+    scores for it). A pair without common frames has vIoU 0.0 (the helper's early return), and its
+    boxes are never read; the object vIoU is computed only where the subject's reaches the
+    threshold (min(s, o) >= t needs s >= t), so ov is exact wherever it can be a hit."""
+    sub = _LazyViou(preds, gts, "sub_traj", pixel_inclusive, where)
+    obj = _LazyViou(preds, gts, "obj_traj", pixel_inclusive, where)
+    detected = [False] * len(gts)
+    spans = [r["duration"] for r in preds], [r["duration"] for r in gts]
+    active = [[members, by_triplet[t], 0, len(by_triplet[t])] for t, members in groups.items()]
+    while active:
+        pairs, chunks = [], []
+        for state in active:
+            members, cands, pos, size = state
+            chunk = members[pos:pos + size]
+            open_gts = [g for g in cands if not detected[g]]
+            for i in chunk:
+                b0, e0 = spans[0][i]
+                for g in open_gts:
+                    b1, e1 = spans[1][g]
+                    if b0 < e1 and b1 < e0:  # common frames
+                        pairs.append((i, g))
+            chunks.append(chunk)
+        ov = dict(zip(pairs, sub(pairs)))
+        both = [pair for pair in pairs if ov[pair] >= threshold]
+        for pair, o in zip(both, obj(both)):
+            if o < ov[pair]:  # Python's min(s, o), as the helper (NaN included)
+                ov[pair] = o
+        still = []
+        for state, chunk in zip(active, chunks):
+            cands = state[1]
+            for i in chunk:
+                ov_max, k_max = -math.inf, -1
+                for g in cands:
+                    if not detected[g]:
+                        value = ov.get((i, g), 0.0)
+                        if value >= threshold and value > ov_max:
+                            ov_max, k_max = value, g
+                if k_max >= 0:
+                    hits[i] = True
+                    detected[k_max] = True
+            state[2] += len(chunk)
+            state[3] *= 2
+            if state[2] < len(state[0]) and not all(detected[g] for g in cands):
+                still.append(state)
+        active = still
+    return hits
 
 
 def _flat_path(backend):
@@ -203,10 +282,9 @@ def _detection_hits(vid, gts, preds, threshold, pixel_inclusive, backend, flat):
         return hits
     where = lambda r: f"video {vid}, relation with triplet {r['triplet']}"  # noqa: E731
     if flat:
-        overlaps = _flat_overlaps(groups, by_triplet, preds, gts, pixel_inclusive, where)
-    else:
-        overlaps = {t: _overlaps([preds[i] for i in members], [gts[g] for g in by_triplet[t]], pixel_inclusive,
-                                 backend, where) for t, members in groups.items()}
+        return _lazy_hits(groups, by_triplet, preds, gts, threshold, pixel_inclusive, where, hits)
+    overlaps = {t: _overlaps([preds[i] for i in members], [gts[g] for g in by_triplet[t]], pixel_inclusive,
+                             backend, where) for t, members in groups.items()}
     for triplet, members in groups.items():
         ov = overlaps[triplet].tolist()  # Python floats: the helper's comparisons, and fast
         detected = [False] * len(by_triplet[triplet])

@@ -267,3 +267,81 @@ def test_bad_nreturns_are_named(name, value):
     gts = {"v": [rel(("a", "p", "b"), 0, 10)]}
     with pytest.raises(ValueError, match=name):
         evaluate(gts, {}, **{name: value})
+
+
+def _random_case(seed):
+    """A small random case built to stress the greedy matching: few triplets (many same-triplet
+    candidates per prediction), scores from a coarse grid (ties), predictions that are exact copies
+    of a GT shifted by L / 3 frames (vIoU exactly 0.5 over identical boxes), near copies, junk."""
+    import random
+
+    rng = random.Random(seed)
+    triplets = [("a", "p", "b"), ("a", "q", "b"), ("c", "p", "a")]
+
+    def track(n, x, y, w):
+        return [[x + t // 3, y, x + t // 3 + w, y + w] for t in range(n)]
+
+    gt, pred = {}, {}
+    for v in range(rng.randint(3, 6)):
+        gts = []
+        for _ in range(rng.randint(0 if v == 0 else 1, 6)):
+            b = rng.randint(0, 40)
+            L = rng.choice([3, 6, 9, 30, 60])
+            x, y, w = rng.randint(0, 40), rng.randint(0, 40), rng.randint(2, 30)
+            gts.append({"triplet": list(rng.choice(triplets)), "duration": [b, b + L],
+                        "sub_traj": track(L, x, y, w), "obj_traj": track(L, y, x, w)})
+        preds = []
+        for _ in range(rng.randint(0, 25)):
+            score = rng.choice([0.1, 0.5, 0.5, 0.9, 1, 1])  # ties, and int scores
+            kind = rng.random()
+            if gts and kind < 0.4:  # a copy shifted by L / 3: vIoU (L - d) / (L + d) = 0.5 exactly
+                g = rng.choice(gts)
+                b, e = g["duration"]
+                d = (e - b) // 3 * rng.choice([0, 1, -1])
+                keep = slice(max(0, -d), (e - b) - max(0, d))
+                preds.append(dict(g, duration=[b + max(0, d), e + min(0, d)], sub_traj=g["sub_traj"][keep],
+                                  obj_traj=g["obj_traj"][keep], score=score))
+            elif gts and kind < 0.8:  # a jittered copy, possibly under another triplet
+                g = rng.choice(gts)
+                j = rng.choice([0, 1, 3])
+                preds.append(dict(g, triplet=list(rng.choice(triplets)), score=score,
+                                  sub_traj=[[c + rng.randint(-j, j) for c in box] for box in g["sub_traj"]],
+                                  obj_traj=[[c + 0.5 * rng.randint(-j, j) for c in box] for box in g["obj_traj"]]))
+            else:
+                b, L = rng.randint(0, 60), rng.randint(1, 40)
+                x, y, w = rng.randint(0, 40), rng.randint(0, 40), rng.randint(2, 30)
+                preds.append({"triplet": list(rng.choice(triplets)), "duration": [b, b + L], "score": score,
+                              "sub_traj": track(L, x, y, w), "obj_traj": track(L, x, y, w)})
+        gt[f"v{v}"] = gts
+        pred[f"v{v}"] = preds
+    return gt, pred
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.0, 1.0])
+def test_random_cases_equal_the_port_exactly(seed, threshold):
+    """The lazy greedy matching (only the vIoU it reads) gives exactly the port's metrics: ties in
+    score and vIoU exactly at the threshold included."""
+    gt, pred = _random_case(seed)
+    if not any(gt.values()):
+        gt["v0"] = [rel(("a", "p", "b"), 0, 10)]
+    want = port.evaluate(gt, pred, viou_threshold=threshold)
+    for backend in ("cpu", "reference"):
+        assert evaluate(gt, pred, viou_threshold=threshold, backend=backend) == want
+
+
+def test_random_cases_reach_the_threshold_exactly():
+    """The random cases do contain pairs at vIoU == 0.5 exactly, scored as hits."""
+    from pyfastlab.reference.vidvrd_viou import viou_pair_loop
+
+    at = 0
+    for seed in range(12):
+        gt, pred = _random_case(seed)
+        for vid, preds in pred.items():
+            for p in preds:
+                for g in gt[vid]:
+                    if p["triplet"] == g["triplet"]:
+                        ov = min(viou_pair_loop(p["sub_traj"], p["duration"], g["sub_traj"], g["duration"]),
+                                 viou_pair_loop(p["obj_traj"], p["duration"], g["obj_traj"], g["duration"]))
+                        at += ov == 0.5
+    assert at > 0
