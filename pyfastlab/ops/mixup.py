@@ -8,6 +8,8 @@ dispatches to torch.ops.pyfastlab. lam outside [0, 1] is allowed (extrapolation,
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,19 +40,25 @@ def _split_lam(lam, n_rows: int, device):
 
 
 def pair_mix(x, partner, lam, *, backend="auto") -> Tensor:
-    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[partner[i]] for x [B, D], partner int64 [B] (may
-    repeat) and lam a float, 0-dim or [B]; exactly x[i] where lam is 1 and x[partner[i]] where it is
-    0. Differentiable w.r.t. x and a tensor lam (gradient summed for a 0-dim lam).
+    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[partner[i]] for x [B, ...] (features [B, D] or
+    images [B, C, H, W]: each sample is mixed as a whole), partner int64 [B] (may repeat) and lam a
+    float, 0-dim or [B]; exactly x[i] where lam is 1 and x[partner[i]] where it is 0.
+    Differentiable w.r.t. x and a tensor lam (gradient summed for a 0-dim lam).
 
     An out-of-range partner raises ValueError for CPU tensors (and on a GPU under PYFASTLAB_CHECK=1);
     otherwise the CUDA and Triton kernels never read it and give that row NaN."""
-    check_tensor("x", x, floating=True, dim=2)
+    check_tensor("x", x, floating=True)
+    if x.dim() == 0:
+        raise ValueError("x must be [B, ...] (one sample per row), got a 0-dim tensor")
     chosen = _backends.resolve(backend, x.device)
     _check_partner(partner, x.shape[0], x.device)
     lam_t, lam_s = _split_lam(lam, x.shape[0], x.device)
+    rows = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # the kernels mix rows of [B, D]
     if chosen == "reference":
-        return reference.pair_mix(x, partner, lam if lam_t is not None else lam_s)
-    return op_for("pair_mix", chosen)(x.contiguous(), partner, lam_t, lam_s)
+        out = reference.pair_mix(rows, partner, lam if lam_t is not None else lam_s)
+    else:
+        out = op_for("pair_mix", chosen)(rows.contiguous(), partner, lam_t, lam_s)
+    return out.reshape(x.shape)
 
 
 def mixed_logits_cross_entropy(logits, partner, lam, target, *, reduction="mean", backend="auto") -> Tensor:

@@ -79,6 +79,23 @@ def test_pair_mix_matches_reference(backend, device, dtype, lam_kind, p_kind, D)
 
 
 @pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("shape", [(6, 3, 5, 4), (6,), (6, 2, 7)], ids=str)
+def test_pair_mix_mixes_whole_samples_of_any_shape(backend, device, shape):
+    """Input mixup on images [B, C, H, W] (and [B] or [B, T, D]): each sample mixed as a whole, the
+    same as mixing the flattened rows, value and gradients."""
+    gen = generator(31)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    p, lam = torch.randperm(6, generator=gen), torch.rand(6, generator=gen, dtype=torch.float64)
+    G = torch.randn(shape, generator=gen, dtype=torch.float64)
+    got = run(lambda x, l: ops.pair_mix(x, p.to(device), l, backend=backend), [x.to(device)], lam.to(device),
+              G.to(device))
+    want = run(lambda x, l: ref.pair_mix(x.reshape(6, -1), p, l).reshape(shape), [x], lam, G)
+    assert got[0].shape == shape
+    for a, b in zip(got, want):
+        assert_close(a.cpu(), b, torch.float64, reduction=x[0].numel())
+
+
+@pytest.mark.parametrize("backend,device", ALL)
 def test_pair_mix_spec_example(backend, device):
     x = torch.tensor([[1.0, 2], [3, 4], [5, 6]], device=device)
     lam = torch.tensor([0.75, 0.5, 1.0], device=device)
@@ -169,8 +186,8 @@ def test_pair_mix_empty_bad_input_and_no_mutation(backend, device):
         ops.pair_mix(x, p, torch.rand(3, device=device), backend=backend)
     with pytest.raises(ValueError, match="lam must be"):
         ops.pair_mix(x, p, "0.5", backend=backend)
-    with pytest.raises(ValueError, match="x must be 2-D"):
-        ops.pair_mix(x[0], p, 0.5, backend=backend)
+    with pytest.raises(ValueError, match=r"x must be \[B, \.\.\.\]"):
+        ops.pair_mix(x[0, 0], p, 0.5, backend=backend)
     with pytest.raises(ValueError, match="x must be a floating"):
         ops.pair_mix(x.long(), p, 0.5, backend=backend)
     xt = torch.randn(3, 4, device=device).t()  # non-contiguous
