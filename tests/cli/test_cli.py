@@ -1,5 +1,6 @@
 """The `pyfastlab` command: info, check, bench --quick, demo."""
 import json
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,24 @@ def test_bench_prints_one_line_per_op_in_80_columns_without_log_noise(tmp_path):
     assert len(lines) == len(ops), proc.stdout  # the default run: one case per op
     assert all(len(line) <= 80 for line in lines)
     assert all(" cpu " in line and "x " in line for line in lines)  # best backend and a ratio with its range
+
+
+def test_bench_needs_no_pytest(tmp_path):
+    """`pyfastlab bench` is the main job of an installed package: it must not import pytest (a test
+    extra) for its cases. A sitecustomize that blocks the import stands in for a bare environment."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n_import = builtins.__import__\n"
+        "def _no_pytest(name, *args, **kwargs):\n"
+        "    if name == 'pytest' or name.startswith('pytest.') or name.startswith('_pytest'):\n"
+        "        raise ImportError('pytest is blocked for this test')\n"
+        "    return _import(name, *args, **kwargs)\n"
+        "builtins.__import__ = _no_pytest\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "pyfastlab.cli", "bench", "--quick", "--op", "temporal_iou",
+                           "--rounds", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "temporal_iou" in proc.stdout
 
 
 def test_demo_of_unknown_family_fails_clearly():
