@@ -1,6 +1,8 @@
 """The `pyfastlab` command: info, check, bench --quick, demo."""
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -69,6 +71,29 @@ def test_bench_needs_no_pytest(tmp_path):
                           timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "temporal_iou" in proc.stdout
+
+
+def test_missing_compiled_kernels_warn_and_fail_check(tmp_path):
+    """A package whose compiled library does not load (here: a copy without it, as when Python runs
+    from the source tree) warns once at import with the reason and the fix, and `pyfastlab check`
+    fails unless --allow-reference."""
+    import pyfastlab
+
+    shutil.copytree(pathlib.Path(pyfastlab.__file__).parent, tmp_path / "pyfastlab",
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run = lambda *args: subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                                       env=env, cwd=tmp_path)
+    proc = run("-c", "import pyfastlab, torch; x = torch.randn(3, 4); "
+                     "pyfastlab.ops.masked_cross_entropy(x, torch.tensor([0, 1, 2])); print(pyfastlab.__file__)")
+    assert proc.returncode == 0, proc.stderr
+    assert str(tmp_path) in proc.stdout  # the copy was imported, not the installed package
+    assert proc.stderr.count("the compiled kernels did not load") == 1, proc.stderr
+    assert "reinstall pyfastlab" in proc.stderr and "reference" in proc.stderr
+    proc = run("-m", "pyfastlab.cli", "check", "--seed", "1")
+    assert proc.returncode == 1 and "did not load" in proc.stdout, proc.stdout + proc.stderr
+    proc = run("-m", "pyfastlab.cli", "check", "--seed", "1", "--allow-reference")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_demo_of_unknown_family_fails_clearly():
