@@ -109,7 +109,7 @@ def cmd_bench(args) -> int:
     write_markdown(results, out / "bench.md", f"# pyfastlab bench\n\n`{json.dumps(meta)}`")
 
     chart = write_chart(results, out / "speedup.png")
-    console.print(f"every implementation (times, GB/s, memory): bench.md, bench.json"
+    console.print("every implementation (times, GB/s, memory): bench.md, bench.json"
                   + (", speedup.png" if chart else " (no chart: matplotlib missing)") + f" in {out}", highlight=False)
     failures = [r for r in results if r.error]
     for r in failures:

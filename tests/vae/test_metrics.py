@@ -182,7 +182,7 @@ def test_discretize_bins_values_on_edges_as_numpy(dtype):
     """Values exactly on numpy.histogram's edges (and one ulp either side) land in np.digitize's bin."""
     gen = torch.Generator().manual_seed(5)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    columns, off_linspace = [], 0
+    off_linspace = 0
     for num_bins in (7, 20, 33):
         lo = np_dtype(10 * float(torch.randn(1, generator=gen)))
         hi = np_dtype(10 * float(torch.rand(1, generator=gen)) + 11)
