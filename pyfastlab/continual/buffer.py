@@ -6,13 +6,12 @@ and one `index_copy_` per field. `sample` draws distinct slots with a device `ra
 """
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from ..ops._checks import check_choice, check_tensor
+from ..ops._checks import check_choice, check_int, check_state_keys, check_tensor
 
 _FIELDS = ("x", "y", "logits", "task_ids")
 _POLICIES = ("reservoir", "task_balanced")
@@ -191,19 +190,11 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`. Everything is checked before anything is assigned, so a bad
         state raises ValueError and leaves the buffer as it was; the tensors are copied."""
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from ReplayBuffer.state_dict(), got {type(state).__name__}")
-        missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(set(state) - _STATE_KEYS, key=str)
-        if missing or unknown:
-            raise ValueError(f"state must have exactly the keys {sorted(_STATE_KEYS)}: missing {missing}, "
-                             f"unknown {unknown}")
+        check_state_keys(state, _STATE_KEYS, "ReplayBuffer")
         if state["capacity"] != self.capacity or state["policy"] != self.policy:
             raise ValueError(f"state is for capacity={state['capacity']}, policy={state['policy']!r}; this buffer "
                              f"has capacity={self.capacity}, policy={self.policy!r}")
-        n_seen = state["n_seen"]
-        if isinstance(n_seen, bool) or not isinstance(n_seen, numbers.Integral) or n_seen < 0:
-            raise ValueError(f"state['n_seen'] must be an int >= 0, got {n_seen!r}")
-        n_seen = int(n_seen)
+        n_seen = check_int("state['n_seen']", state["n_seen"], minimum=0)
         if self.policy == "task_balanced" and n_seen > self.capacity:
             raise ValueError(f"state['n_seen'] = {n_seen}: a task_balanced buffer holds every sample it has seen, "
                              f"at most capacity={self.capacity}")

@@ -7,7 +7,6 @@ fp64 sums; the number of batches cancels in the ratio, which is why the all-redu
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Optional, Sequence
 
@@ -15,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..ops._checks import check_tensor
+from ..ops._checks import check_int, check_state_keys, check_tensor
 from ..reference.cka import centred_gram, project
 
 
@@ -140,23 +139,13 @@ class MinibatchCKA:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` (copied); a bad state raises ValueError and changes nothing."""
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from MinibatchCKA.state_dict(), got {type(state).__name__}")
-        missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(set(state) - _STATE_KEYS, key=str)
-        if missing or unknown:
-            raise ValueError(f"state must have exactly the keys {sorted(_STATE_KEYS)}: missing {missing}, "
-                             f"unknown {unknown}")
+        check_state_keys(state, _STATE_KEYS, "MinibatchCKA")
         if not isinstance(state["debiased"], bool):
             raise ValueError(f"state['debiased'] must be a bool, got {state['debiased']!r}")
         if state["debiased"] != self.debiased:
             raise ValueError(f"state was accumulated with debiased={state['debiased']}, this MinibatchCKA has "
                              f"debiased={self.debiased}")
-        counts = {}
-        for key in ("num_batches", "num_skipped"):
-            value = state[key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"state[{key!r}] must be an int >= 0, got {value!r}")
-            counts[key] = int(value)
+        counts = {key: check_int(f"state[{key!r}]", state[key], minimum=0) for key in ("num_batches", "num_skipped")}
         hsic = [state[key] for key in ("hsic_xy", "hsic_xx", "hsic_yy")]
         if all(t is None for t in hsic):
             if counts["num_batches"]:

@@ -33,19 +33,20 @@ def check_choice(name: str, value, choices):
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def _tracing(value) -> bool:
-    """While torch.compile traces, a number may be symbolic (dynamic=True): its value is unknown, and
+def _readable(name: str, value, kind, symbolic, what: str) -> bool:
+    """Raise unless value is a number of `kind` (a bool is not); True when its value can be checked.
+    While torch.compile traces, a number may be symbolic (dynamic=True): its value is unknown, and
     reading it would specialise the graph or break it, so only its kind is checked then."""
-    return torch.compiler.is_compiling() or isinstance(value, (torch.SymInt, torch.SymFloat))
+    if isinstance(value, symbolic):
+        return False
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    return not torch.compiler.is_compiling()
 
 
 def check_int(name: str, value, *, minimum=None) -> int:
     """An int64 (not a bool, not a float such as 1.5 that int() would truncate)."""
-    if isinstance(value, torch.SymInt):
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if _tracing(value):
+    if not _readable(name, value, numbers.Integral, torch.SymInt, "an int"):
         return value
     value = int(value)
     if not -2**63 <= value < 2**63:
@@ -57,11 +58,7 @@ def check_int(name: str, value, *, minimum=None) -> int:
 
 def check_float(name: str, value, *, allow_neg_inf=False, allow_inf=False, minimum=None, positive=False) -> float:
     """A real number (int or float, not a bool), finite unless -inf / +-inf are allowed."""
-    if isinstance(value, torch.SymFloat):
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a float, got {value!r} ({type(value).__name__})")
-    if _tracing(value):
+    if not _readable(name, value, numbers.Real, torch.SymFloat, "a float"):
         return value
     value = float(value)
     infinite_ok = allow_inf or (allow_neg_inf and value == -math.inf)
@@ -77,6 +74,15 @@ def check_float(name: str, value, *, allow_neg_inf=False, allow_inf=False, minim
 
 def check_finite(name: str, value, *, allow_neg_inf=False) -> float:
     return check_float(name, value, allow_neg_inf=allow_neg_inf)
+
+
+def check_state_keys(state, keys: set, owner: str) -> None:
+    """A state dict for `owner.load_state_dict`: a dict with exactly `keys`."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict from {owner}.state_dict(), got {type(state).__name__}")
+    missing, unknown = sorted(keys - set(state)), sorted(set(state) - keys, key=str)
+    if missing or unknown:
+        raise ValueError(f"state must have exactly the keys {sorted(keys)}: missing {missing}, unknown {unknown}")
 
 
 def check_bool(name: str, value) -> bool:

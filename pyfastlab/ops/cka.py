@@ -16,13 +16,9 @@ from torch import Tensor
 from ..reference import cka as reference
 from . import _backends
 from ._checks import check_bool, check_tensor
-from ._cka_registry import op_for
+from ._cka_registry import _opmath, op_for
 
 Layers = Union[Tensor, Sequence[Tensor]]
-
-
-def _opmath(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def _min_rows(debiased: bool) -> int:
@@ -59,7 +55,7 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False, backend: str = "
     x, y = x.to(dtype), y.to(dtype)
     chosen = _backends.resolve(backend, x.device)
     if chosen == "reference":  # half types in float32, as the kernels (the Gram sums overflow float16)
-        return reference.linear_cka(_opmath(x), _opmath(y), debiased=debiased).to(dtype)
+        return reference.linear_cka(x.to(_opmath(dtype)), y.to(_opmath(dtype)), debiased=debiased).to(dtype)
     batch = x.shape[:-2]
     save = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     cka = op_for("linear_cka", chosen)(x.reshape(-1, n, x.shape[-1]), y.reshape(-1, n, y.shape[-1]),
@@ -113,6 +109,7 @@ def cka_matrix(xs: Layers, ys: Layers, *, debiased: bool = False, backend: str =
     xs_, ys_ = [t.to(dtype) for t in xs_], [t.to(dtype) for t in ys_]
     chosen = _backends.resolve(backend, first.device)
     if chosen == "reference":
-        return reference.cka_matrix([_opmath(t) for t in xs_], [_opmath(t) for t in ys_], debiased=debiased).to(dtype)
+        return reference.cka_matrix([t.to(_opmath(dtype)) for t in xs_], [t.to(_opmath(dtype)) for t in ys_],
+                                    debiased=debiased).to(dtype)
     cka = op_for("cka_matrix", chosen)(xs_, ys_, bool(debiased))[0]
     return reference.exact_pair(cka, first.shape[0], debiased)

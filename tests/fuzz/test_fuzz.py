@@ -59,7 +59,7 @@ class Worker:
             if MARK in line:
                 try:
                     self.events.put(json.loads(line.split(MARK, 1)[1]))
-                except json.JSONDecodeError:
+                except json.JSONDecodeError:  # a torn line: its case then ends as a crash or hang
                     pass
         self.events.put(None)  # end of output: the process died or exited
 
@@ -115,7 +115,7 @@ class Worker:
             self.proc.kill()
         try:
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # killed but not reaped: nothing more to wait for
             pass
         self.stderr.close()
 
@@ -148,7 +148,7 @@ def run_pool(case_ids, n_workers: int, case_timeout: float = CASE_TIMEOUT_S) -> 
         if worker is not None:
             try:
                 worker.proc.stdin.close()
-            except OSError:
+            except OSError:  # the worker already exited: its stdin is gone
                 pass
             worker.close()
 
